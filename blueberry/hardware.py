@@ -1,0 +1,48 @@
+"""Devices: which one to train on, and the peak throughput MFU is measured against."""
+
+from __future__ import annotations
+
+import torch
+
+from blueberry.errors import ConfigError
+
+# Dense bf16 tensor-core peak FLOP/s (no sparsity), from the vendors' datasheets. Order matters:
+# the first name contained in torch's device name wins, so specific names come before general ones.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("RTX 4090", 165.2e12),  # fp32 accumulate, as PyTorch's bf16 matmuls use
+    ("RTX 3090", 71e12),
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but no CUDA device is available: use --device cpu")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of a known GPU; None for CPUs and GPUs not in the table (MFU is then omitted)."""
+    if device.type != "cuda":
+        return None
+    name = device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)

@@ -1,0 +1,205 @@
+"""The Blueberry transformer.
+
+Architecture choices, all set by `ModelConfig`:
+- decoder-only, pre-norm blocks: x + attn(norm(x)), then x + mlp(norm(x)), with RMSNorm;
+- grouped-query attention (n_heads query heads share n_kv_heads key/value heads) through
+  `F.scaled_dot_product_attention` with a causal mask;
+- QK-norm: RMSNorm over each head's queries and keys before RoPE (keeps attention logits bounded,
+  which Muon's large updates need);
+- rotary position embeddings (RoPE, base 10000, rotate-half convention);
+- MLP: squared ReLU (`relu2`, two matrices, Primer / modded-nanogpt) or SwiGLU (three matrices);
+- optional Mixture of Experts in place of the MLP: top-k softmax routing with the Switch
+  Transformer load-balancing loss (Fedus et al. 2021, eq. 4), off by default;
+- tied input and output embeddings, no biases anywhere.
+
+Parameter counting and FLOPs accounting live here too, next to the shapes they describe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from blueberry.config import ModelConfig
+
+INIT_STD = 0.02
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None  # mean next-token cross-entropy, when targets are given
+    aux_loss: torch.Tensor  # weighted MoE load-balancing loss; zero for dense models
+
+
+def rotary_tables(head_dim: int, seq_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the RoPE angles, each (T, head_dim / 2), in float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + D/2]) of x (B, H, T, D) by the position's angles."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        q = apply_rotary(self.q_norm(q), cos, sin)
+        k = apply_rotary(self.k_norm(k), cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.gate = nn.Linear(d_model, d_ff, bias=False) if kind == "swiglu" else None
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.relu(self.up(x)).square())
+
+
+class MoE(nn.Module):
+    """Top-k routed experts with the Switch Transformer load-balancing loss."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.top_k, self.n_experts, self.aux_weight = cfg.experts_top_k, cfg.n_experts, cfg.moe_aux_loss_weight
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg.d_model, cfg.d_ff, cfg.mlp) for _ in range(cfg.n_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        tokens = x.reshape(B * T, C)  # (N, C)
+        probs = self.router(tokens).float().softmax(dim=-1)  # (N, E)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            token_idx, slot = (chosen == e).nonzero(as_tuple=True)
+            if token_idx.numel():
+                out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+        # Switch loss: E * sum_e (fraction of routed slots to e) * (mean router prob of e); 1 when balanced.
+        routed_fraction = F.one_hot(chosen, self.n_experts).float().sum(dim=(0, 1)) / chosen.numel()
+        aux = self.n_experts * (routed_fraction * probs.mean(dim=0)).sum()
+        return out.view(B, T, C), self.aux_weight * aux
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MoE(cfg) if cfg.is_moe else MLP(cfg.d_model, cfg.d_ff, cfg.mlp)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        if isinstance(self.mlp, MoE):
+            mlp_out, aux = self.mlp(self.mlp_norm(x))
+        else:
+            mlp_out, aux = self.mlp(self.mlp_norm(x)), x.new_zeros((), dtype=torch.float32)
+        return x + mlp_out, aux
+
+
+class Blueberry(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        cos, sin = rotary_tables(cfg.head_dim, cfg.seq_len, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers)."""
+        residual_std = INIT_STD / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if p.ndim < 2:
+                nn.init.ones_(p)  # RMSNorm gains
+            elif name.endswith(("o_proj.weight", "down.weight")):
+                nn.init.normal_(p, std=residual_std)
+            else:
+                nn.init.normal_(p, std=INIT_STD)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        T = input_ids.shape[1]
+        if T > self.cfg.seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's seq_len {self.cfg.seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed(input_ids)  # (B, T, C)
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        for block in self.blocks:
+            x, aux = block(x, cos, sin)
+            aux_loss = aux_loss + aux
+        logits = F.linear(self.final_norm(x), self.embed.weight)  # tied output head, (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return ModelOutput(logits, loss, aux_loss)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    total: int
+    non_embedding: int  # everything but the (tied) token embedding
+    active: int  # parameters one token passes through: for MoE, top_k of n_experts experts
+
+
+def count_params(cfg: ModelConfig) -> ParamCount:
+    """Exact parameter counts from the config, without building the model."""
+    d, hd = cfg.d_model, cfg.head_dim
+    attention = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2 + 2 * hd  # q, o, k, v, qk-norms
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.d_ff
+    experts_total = cfg.n_experts * mlp + d * cfg.n_experts if cfg.is_moe else mlp
+    experts_active = cfg.experts_top_k * mlp + d * cfg.n_experts if cfg.is_moe else mlp
+    norms = 2 * d
+    embedding = cfg.vocab_size * d
+    non_embedding = cfg.n_layers * (attention + experts_total + norms) + d
+    active = cfg.n_layers * (attention + experts_active + norms) + d
+    return ParamCount(total=embedding + non_embedding, non_embedding=non_embedding, active=active + embedding)
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token: 6 x (matmul parameters a token passes through) + attention.
+
+    Matmul parameters are the active non-embedding weights plus the output head (d_model x vocab,
+    tied to the embedding but still a matmul); the embedding lookup costs nothing. The attention
+    term is 12 x layers x (heads x head_dim) x seq_len (Chowdhery et al. 2022, PaLM, appendix B),
+    counting the full T x T score matrix as PaLM does, not the causal half.
+    """
+    matmul_params = count_params(cfg).active  # active non-embedding weights + the tied head, counted once
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * cfg.seq_len
+    return 6.0 * matmul_params + attention

@@ -1,0 +1,105 @@
+"""Tokenizers behind one small interface: the built-in BPE, a local file or directory, or a hub name.
+
+Everything downstream needs the same five things from a tokenizer, so `Tokenizer` wraps the Rust
+`tokenizers.Tokenizer` (fast batched encoding) with its name, EOS id, vocabulary size and a hash of
+its definition. Hub names load through `transformers.AutoTokenizer`, which honours
+`HF_HUB_OFFLINE=1` and the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from blueberry.config import BUILTIN_VOCAB_SIZE
+from blueberry.data import TokenizerInfo
+from blueberry.errors import UserError
+from pipelines.builtin import builtin_corpus_hash, iter_builtin_documents
+from pipelines.cache import cache_dir
+
+BUILTIN = "builtin"
+EOS_TOKEN = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    name: str
+    backend: tokenizers.Tokenizer
+    eos_id: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()
+
+    def info(self) -> TokenizerInfo:
+        return TokenizerInfo(name=self.name, vocab_size=self.vocab_size, sha256=self.sha256, eos_id=self.eos_id)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+
+def train_builtin_tokenizer() -> tokenizers.Tokenizer:
+    """Byte-level BPE with `BUILTIN_VOCAB_SIZE` tokens, trained on the built-in corpus."""
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BUILTIN_VOCAB_SIZE, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(iter_builtin_documents(), trainer)
+    return backend
+
+
+def builtin_tokenizer() -> Tokenizer:
+    """The built-in tokenizer, trained once per corpus and cached."""
+    path = cache_dir() / "tokenizers" / f"builtin-{builtin_corpus_hash()[:16]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        train_builtin_tokenizer().save(str(tmp))
+        os.replace(tmp, path)
+    backend = tokenizers.Tokenizer.from_file(str(path))
+    return Tokenizer(name=BUILTIN, backend=backend, eos_id=backend.token_to_id(EOS_TOKEN))
+
+
+def _from_transformers(spec: str) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as err:
+        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise UserError(f"cannot load tokenizer {spec!r}{offline}: {str(err).splitlines()[0]}; pass a local "
+                        "tokenizer directory or tokenizer.json, or 'builtin'") from None
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"tokenizer {spec!r} has no fast (Rust) implementation; Blueberry needs a fast tokenizer")
+    if hf.eos_token_id is None:
+        raise UserError(f"tokenizer {spec!r} defines no EOS token to separate documents")
+    return Tokenizer(name=spec, backend=backend, eos_id=hf.eos_token_id)
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """`builtin`, a `tokenizer.json` file, a saved tokenizer directory, or a hub name."""
+    if spec == BUILTIN:
+        return builtin_tokenizer()
+    path = Path(spec)
+    if path.is_file():
+        backend = tokenizers.Tokenizer.from_file(str(path))
+        eos_id = backend.token_to_id(EOS_TOKEN)
+        if eos_id is None:
+            raise UserError(f"tokenizer file {path} has no {EOS_TOKEN} token to separate documents")
+        return Tokenizer(name=str(path), backend=backend, eos_id=eos_id)
+    return _from_transformers(spec)
