@@ -1,0 +1,1 @@
+"""Console entry points: parse arguments into configs, call one library function."""

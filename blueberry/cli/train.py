@@ -1,0 +1,142 @@
+"""`blueberry-train`: train one model, track it in MLflow, resume it by name.
+
+    blueberry-train --preset tiny --data builtin --train-tokens 500000
+    blueberry-train --preset nano-88m --data DIR --train-tokens 8000000 --target-train-loss 4.5 --compile
+
+A run lives in `--runs-dir/NAME` (checkpoints, MLflow run id, result). The default name is the
+preset plus a hash of the configuration and data, so running the same command again continues an
+interrupted run, and reports a finished one instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from blueberry.checkpoint import Checkpointer
+from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
+from blueberry.config import OPTIMIZER_KINDS, PRECISION_KINDS, PRESETS, SCHEDULE_KINDS, RunConfig, TrainConfig
+from blueberry.config import preset as preset_config
+from blueberry.config import replace
+from blueberry.data import TokenShards
+from blueberry.hooks import RunResult
+from blueberry.progress import ProgressBar
+from blueberry.tracking import MlflowTracker, NullTracker, tracking_uri
+
+PROG = "blueberry-train"
+
+# Flags that map one-to-one onto TrainConfig fields (flag name with dashes -> field name).
+TRAIN_FLAGS: dict[str, dict] = {
+    "train-tokens": dict(type=positive_int, help="token budget (default: the 8M-token speedrun)"),
+    "batch-size": dict(type=positive_int, help="sequences per micro-batch"),
+    "grad-accum-steps": dict(type=positive_int, help="micro-batches per optimizer step"),
+    "optimizer": dict(choices=OPTIMIZER_KINDS, help="muon (Muon + AdamW) or adamw (AdamW alone)"),
+    "muon-lr": dict(type=positive_float),
+    "adamw-lr": dict(type=positive_float),
+    "weight-decay": dict(type=float),
+    "schedule": dict(choices=SCHEDULE_KINDS),
+    "warmup-frac": dict(type=float),
+    "eval-every": dict(type=int, help="optimizer steps between validations (0: only at the end)"),
+    "eval-tokens": dict(type=positive_int, help="validation tokens per evaluation"),
+    "target-train-loss": dict(type=positive_float, help="stop when the smoothed train loss reaches this"),
+    "seed": dict(type=int),
+    "device": dict(help="auto, cpu, cuda or cuda:N"),
+    "precision": dict(choices=PRECISION_KINDS),
+    "checkpoint-every": dict(type=int, help="optimizer steps between checkpoints (0: only at the end)"),
+}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description="Train a Blueberry model.")
+    parser.add_argument("--preset", default="tiny", help=f"model preset: {', '.join(PRESETS)} (default: tiny)")
+    parser.add_argument("--data", default="builtin",
+                        help="a prepared data directory, or 'builtin' for the built-in corpus (default)")
+    parser.add_argument("--seq-len", type=positive_int, help="override the preset's sequence length")
+    for flag, options in TRAIN_FLAGS.items():
+        parser.add_argument(f"--{flag}", **options)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (untimed warm-up)")
+    parser.add_argument("--run-name", help="the resume key (default: preset + hash of the settings)")
+    parser.add_argument("--runs-dir", default="runs", type=Path, help="where runs keep checkpoints (default: runs)")
+    parser.add_argument("--experiment", default="blueberry-train", help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///mlflow.db)")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def open_data(spec: str, seq_len: int, progress: bool) -> TokenShards:
+    """`builtin` (prepared on first use, cached) or a prepared directory."""
+    if spec == "builtin":
+        from pipelines.builtin_data import builtin_data_dir
+
+        return TokenShards.open(builtin_data_dir(seq_len, progress=progress))
+    return TokenShards.open(spec)
+
+
+def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str:
+    lines = [f"run          {name}  ({run_dir})",
+             f"parameters   {result.params['total'] / 1e6:.2f}M ({result.params['non_embedding'] / 1e6:.2f}M "
+             "non-embedding)",
+             f"trained      {result.tokens:,} tokens in {result.steps} steps, {result.active_time_s:.1f} s active "
+             f"({result.tokens_per_s:,.0f} tokens/s" + (f", MFU {result.mfu:.1%})" if result.mfu else ")"),
+             f"train loss   {result.train_loss:.4f} (smoothed)"]
+    if result.val is not None:
+        lines.append(f"val loss     {result.val.loss:.4f}  accuracy {result.val.accuracy:.1%}  "
+                     f"perplexity {result.val.perplexity:.1f}")
+    if result.reached_target:
+        lines.append(f"target       reached after {result.target_tokens:,} tokens, {result.target_time_s:.1f} s")
+    if result.diverged:
+        lines.append("outcome      DIVERGED: the loss blew up; try a lower learning rate")
+    if uri:
+        lines.append(f"tracked in   {uri}  (see it: mlflow ui --backend-store-uri {uri})")
+    return "\n".join(lines)
+
+
+def main_body(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    model_cfg = preset_config(args.preset)
+    if args.seq_len:
+        model_cfg = replace(model_cfg, seq_len=args.seq_len)
+    overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in TRAIN_FLAGS}
+    train_cfg = replace(TrainConfig(compile=args.compile),
+                        **{k: v for k, v in overrides.items() if v is not None})
+    run = RunConfig(model_cfg, train_cfg)
+    data = open_data(args.data, model_cfg.seq_len, progress=not args.no_progress)
+    data.check_fits(model_cfg)
+
+    key = hashlib.sha256((run.to_json() + data.manifest.preparation_key).encode()).hexdigest()[:10]
+    name = args.run_name or f"{args.preset}-{key}"
+    run_dir = args.runs_dir / name
+    result_file = run_dir / "result.json"
+    uri = None if args.no_track else tracking_uri(args.tracking_uri)
+    if result_file.is_file():
+        print(f"{name} already finished; its result is in {result_file} (use --run-name to train a new run)")
+        print(result_file.read_text())
+        return 0
+
+    from blueberry.train import train  # imported late so that flag errors answer instantly
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", every=train_cfg.checkpoint_every)
+    tracker = NullTracker() if uri is None else MlflowTracker(
+        args.experiment, name, params={**run.flatten(), "preset": args.preset, "data": args.data},
+        tags={"preset": args.preset, "data": args.data}, uri=uri, log_every=train_cfg.log_every,
+        run_id_file=run_dir / "mlflow_run_id")
+    hooks = [checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()])
+    result = train(model_cfg, train_cfg, data, hooks)
+    if checkpointer.resumed_from is not None:
+        print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)
+    result_file.write_text(json.dumps({"name": name, **result.metrics()}, indent=2))
+    print(summary(name, run_dir, result, uri))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(PROG, main_body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Experiment tracking: an MLflow hook, and the null tracker that stands in when tracking is off.
+
+The hook talks to MLflow through `MlflowClient` with explicit run ids, never the global "active
+run", so it behaves the same in a CLI process, a Tune trial on a remote node, or nested under a
+study's parent run. A run id file next to the checkpoints makes a resumed run log into its original
+MLflow run instead of a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from blueberry.errors import UserError
+from blueberry.hardware import device_name
+from blueberry.hooks import EvalInfo, Hook, RunResult, StepInfo
+from blueberry.plots import loss_curve
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow 3 opens experiments in its GenAI view unless told they hold model training runs.
+EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """`--tracking-uri`, else `$MLFLOW_TRACKING_URI`, else a SQLite file in the working directory."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP tracking server does not answer (MLflow would retry for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except urllib.error.HTTPError as err:
+        if err.code not in (401, 403):  # an auth proxy in front still proves the server is there
+            raise UserError(f"MLflow tracking server {uri} answered {err.code} on /health: check the URI") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}): start it "
+                        "(cluster/mlflow_server.sh), fix --tracking-uri, or pass --no-track") from None
+
+
+def client(uri: str | None = None) -> Any:
+    from mlflow import MlflowClient
+
+    resolved = tracking_uri(uri)
+    check_reachable(resolved)
+    return MlflowClient(tracking_uri=resolved)
+
+
+def ensure_experiment(mlflow_client: Any, name: str) -> str:
+    """The id of experiment `name`, created (tagged as model training) if it does not exist."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow experiment {name!r} is deleted: restore it in the UI or choose another name")
+        if experiment.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND_TAG["mlflow.experimentKind"]:
+            for key, value in EXPERIMENT_KIND_TAG.items():
+                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
+    return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND_TAG)
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def flat_params(params: dict[str, Any]) -> dict[str, str]:
+    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:MAX_PARAM_CHARS] for k, v in params.items()}
+
+
+class NullTracker(Hook):
+    """Tracking turned off: a hook that records nothing."""
+
+
+class MlflowTracker(Hook):
+    """Logs one training run to MLflow: params, step metrics, evaluations, final metrics, artifacts."""
+
+    def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
+                 uri: str | None = None, log_every: int = 10, parent_run_id: str | None = None,
+                 run_id_file: Path | None = None) -> None:
+        self.client = client(uri)
+        self.experiment_id = ensure_experiment(self.client, experiment)
+        self.run_name, self.params, self.tags = run_name, params, dict(tags or {})
+        self.log_every, self.parent_run_id, self.run_id_file = log_every, parent_run_id, run_id_file
+        self.run_id: str | None = None
+
+    def _start_or_resume_run(self) -> str:
+        if self.run_id_file is not None and self.run_id_file.is_file():
+            return self.run_id_file.read_text().strip()
+        tags = dict(self.tags)
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+        if self.run_id_file is not None:
+            self.run_id_file.parent.mkdir(parents=True, exist_ok=True)
+            self.run_id_file.write_text(run.info.run_id)
+        return run.info.run_id
+
+    def on_start(self, state: Any) -> None:
+        from mlflow.entities import Param, RunTag
+
+        resuming = self.run_id_file is not None and self.run_id_file.is_file()
+        self.run_id = self._start_or_resume_run()
+        tags = {"device": device_name(state.device), **({"git_commit": c} if (c := git_commit()) else {})}
+        params = [] if resuming else [Param(k, v) for k, v in flat_params(self.params).items()]
+        self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(self.run_id, status="RUNNING")
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def on_step(self, info: StepInfo, state: Any) -> None:
+        if info.step % self.log_every and info.step != info.total_steps:
+            return
+        metrics = {"train/loss": info.loss, "train/smoothed_loss": info.smoothed_loss, "train/tokens": info.tokens,
+                   "train/lr_multiplier": info.lr_multiplier, "train/tokens_per_s": info.tokens_per_s}
+        metrics |= {f"train/lr_group{i}": g["lr"] for i, g in enumerate(state.optimizer.param_groups)}
+        if info.mfu is not None:
+            metrics["train/mfu"] = info.mfu
+        self._log(metrics, info.step)
+
+    def on_eval(self, info: EvalInfo, state: Any) -> None:
+        self._log({"val/loss": info.loss, "val/accuracy": info.accuracy, "val/perplexity": info.perplexity,
+                   "val/tokens": info.tokens}, info.step)
+
+    def on_end(self, result: RunResult, state: Any) -> None:
+        self._log(result.metrics(), result.steps)
+        self.client.set_tag(self.run_id, "outcome", "diverged" if result.diverged else "finished")
+        with tempfile.TemporaryDirectory() as tmp:
+            config_path = Path(tmp) / "config.json"
+            config_path.write_text(state.run.to_json())
+            self.client.log_artifact(self.run_id, str(config_path))
+            self.client.log_artifact(self.run_id, str(self._draw_loss_curve(Path(tmp) / "loss_curve.png", state)))
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def _draw_loss_curve(self, path: Path, state: Any) -> Path:
+        """From the run's logged history, so a resumed run's curve includes what came before the resume."""
+        tokens_per_step = state.run.train.tokens_per_step(state.run.model.seq_len)
+
+        def points(key: str) -> list[tuple[float, float]]:
+            history = sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
+            return [(m.step * tokens_per_step, m.value) for m in history]
+
+        return loss_curve(points("train/loss"), points("train/smoothed_loss"), points("val/loss"), path,
+                          title=self.run_name)
