@@ -232,6 +232,15 @@ class TokenShards:
                             f"{model.seq_len}: prepare the data with --seq-len {model.seq_len} or pass --seq-len "
                             f"{self.seq_len}")
 
+    def unigram_entropy(self) -> float:
+        """Entropy (nats/token) of the training targets' token frequencies: the loss of the best model
+        that ignores context, which a trained model should beat by a wide margin."""
+        counts = np.zeros(self.manifest.tokenizer.vocab_size, np.int64)
+        for array in self.rows["train"].arrays:
+            counts += np.bincount(array[:, 1:].reshape(-1), minlength=len(counts))
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
     def train_stream(self, batch_size: int, seed: int, position: int = 0) -> TrainStream:
         return TrainStream(self.rows["train"], batch_size, seed, position)
 

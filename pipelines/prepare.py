@@ -87,15 +87,18 @@ def prepare(cfg: PrepareConfig, out: str | Path, progress: bool = True) -> Manif
                for split in SPLITS}
     tokens = documents = 0
     bar = tqdm(desc=f"prepare {cfg.source}", unit=" tok", unit_scale=True, disable=not progress)
+    budget = cfg.max_tokens if cfg.max_tokens is not None else float("inf")
     for batch in _batched(source.documents(), ENCODE_BATCH_DOCS):
         for ids in tokenizer.encode_batch(batch):
             split = "val" if is_validation_document(documents, cfg.seed, cfg.val_fraction) else "train"
             writers[split].add(ids + [tokenizer.eos_id])
             documents += 1
             tokens += len(ids) + 1
+            if tokens >= budget:  # per document, so the documents taken never depend on the batch size
+                break
         bar.update(tokens - bar.n)
         bar.set_postfix(docs=documents)
-        if cfg.max_tokens is not None and tokens >= cfg.max_tokens:
+        if tokens >= budget:
             break
     bar.close()
     if tokens == 0:

@@ -24,6 +24,8 @@ def run_command(prog: str, body: Callable[[Sequence[str] | None], int | None],
     """Run a command body; turn `UserError` into one line on stderr and exit status 2."""
     try:
         return body(argv) or 0
+    except SystemExit as exit_:  # argparse's own exits (--help, a bad flag) keep their status
+        return exit_.code if isinstance(exit_.code, int) else USER_ERROR_EXIT
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return USER_ERROR_EXIT

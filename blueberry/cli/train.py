@@ -10,6 +10,7 @@ interrupted run, and reports a finished one instead of training it twice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -18,10 +19,12 @@ from pathlib import Path
 
 from blueberry.checkpoint import Checkpointer
 from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
-from blueberry.config import OPTIMIZER_KINDS, PRECISION_KINDS, PRESETS, SCHEDULE_KINDS, RunConfig, TrainConfig
+from blueberry.config import (OPTIMIZER_KINDS, PRECISION_KINDS, PRESETS, SCHEDULE_KINDS, ModelConfig, RunConfig,
+                              TrainConfig)
 from blueberry.config import preset as preset_config
 from blueberry.config import replace
 from blueberry.data import TokenShards
+from blueberry.errors import ConfigError
 from blueberry.hooks import RunResult
 from blueberry.progress import ProgressBar
 from blueberry.tracking import MlflowTracker, NullTracker, tracking_uri
@@ -55,6 +58,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data", default="builtin",
                         help="a prepared data directory, or 'builtin' for the built-in corpus (default)")
     parser.add_argument("--seq-len", type=positive_int, help="override the preset's sequence length")
+    parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a model field, e.g. --model n_layers=12 (repeatable)")
     for flag, options in TRAIN_FLAGS.items():
         parser.add_argument(f"--{flag}", **options)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (untimed warm-up)")
@@ -66,6 +71,22 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def parse_overrides(items: list[str], cls: type) -> dict[str, object]:
+    """`FIELD=VALUE` strings into typed overrides for a config dataclass."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    overrides: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in types:
+            raise ConfigError(f"bad override {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
+        kind = str(types[name])
+        try:
+            overrides[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
+        except ValueError:
+            raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
+    return overrides
 
 
 def open_data(spec: str, seq_len: int, progress: bool) -> TokenShards:
@@ -98,9 +119,10 @@ def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str
 
 def main_body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    model_cfg = preset_config(args.preset)
+    model_overrides = parse_overrides(args.model, ModelConfig)
     if args.seq_len:
-        model_cfg = replace(model_cfg, seq_len=args.seq_len)
+        model_overrides["seq_len"] = args.seq_len
+    model_cfg = replace(preset_config(args.preset), **model_overrides)
     overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in TRAIN_FLAGS}
     train_cfg = replace(TrainConfig(compile=args.compile),
                         **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,47 @@
+"""Shared fixtures: a private cache (so tests never touch ~/.cache), the built-in data prepared once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from blueberry.config import TrainConfig, tiny
+
+TEST_SEQ_LEN = 256
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("blueberry-cache")
+    os.environ["BLUEBERRY_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    return cache
+
+
+@pytest.fixture(scope="session")
+def builtin_dir(private_cache: Path) -> Path:
+    from pipelines.builtin_data import builtin_data_dir
+
+    return builtin_data_dir(TEST_SEQ_LEN, progress=False)
+
+
+@pytest.fixture(scope="session")
+def builtin_data(builtin_dir: Path):
+    from blueberry.data import TokenShards
+
+    return TokenShards.open(builtin_dir)
+
+
+@pytest.fixture
+def quick_train() -> TrainConfig:
+    """A few seconds of `tiny` training on CPU."""
+    return TrainConfig(train_tokens=12 * 4 * TEST_SEQ_LEN, batch_size=4, eval_every=6, eval_tokens=8 * TEST_SEQ_LEN,
+                       warmup_frac=0.1, device="cpu", log_every=1)
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny()

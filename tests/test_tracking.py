@@ -1,0 +1,77 @@
+"""The MLflow hook records a whole run (params, step metrics, final metrics, artifacts, tags), resumes into
+the same MLflow run instead of a second one, and fails fast on an unreachable server."""
+
+import pytest
+from mlflow import MlflowClient
+
+from blueberry.checkpoint import Checkpointer
+from blueberry.config import RunConfig, replace
+from blueberry.errors import UserError
+from blueberry.hooks import Hook
+from blueberry.tracking import EXPERIMENT_KIND_TAG, MlflowTracker, check_reachable
+from blueberry.train import train
+
+
+@pytest.fixture
+def uri(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_tracker_logs_a_complete_run(tiny_model, builtin_data, quick_train, uri, tmp_path):
+    run = RunConfig(tiny_model, quick_train)
+    tracker = MlflowTracker("unit", "run-a", params=run.flatten(), tags={"preset": "tiny"}, uri=uri, log_every=2)
+    result = train(tiny_model, quick_train, builtin_data, [tracker])
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("unit")
+    assert experiment.tags["mlflow.experimentKind"] == EXPERIMENT_KIND_TAG["mlflow.experimentKind"]
+    logged = client.get_run(tracker.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["model.d_model"] == "128" and logged.data.params["train.optimizer"] == "muon"
+    assert logged.data.tags["preset"] == "tiny" and logged.data.tags["device"] == "cpu"
+    assert logged.data.tags["outcome"] == "finished"
+    assert logged.data.metrics["final/val_loss"] == pytest.approx(result.val.loss)
+    train_loss = client.get_metric_history(tracker.run_id, "train/loss")
+    assert [m.step for m in sorted(train_loss, key=lambda m: m.step)] == [2, 4, 6, 8, 10, 12]
+    assert len(client.get_metric_history(tracker.run_id, "val/loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert artifacts == {"config.json", "loss_curve.png"}
+    png = client.download_artifacts(tracker.run_id, "loss_curve.png", str(tmp_path))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(Hook):
+    def on_step(self, info, state):
+        if info.step == 6:
+            raise Interrupt
+
+
+def test_resumed_run_logs_into_the_same_mlflow_run(tiny_model, builtin_data, quick_train, uri, tmp_path):
+    cfg = replace(quick_train, checkpoint_every=3)
+    params = RunConfig(tiny_model, cfg).flatten()
+
+    def tracker():
+        return MlflowTracker("resume", "run-b", params=params, uri=uri, log_every=1,
+                             run_id_file=tmp_path / "mlflow_run_id")
+
+    with pytest.raises(Interrupt):
+        train(tiny_model, cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), tracker(), InterruptAt()])
+    second = tracker()
+    train(tiny_model, cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), second])
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == second.run_id and runs[0].info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(second.run_id, "train/loss"))
+    # Steps 1-6 from the first attempt, 4-12 after resuming from the step-3 checkpoint: 4-6 twice, none missing.
+    assert set(steps) == set(range(1, 13))
+
+
+def test_unreachable_tracking_server_fails_fast_in_one_line():
+    with pytest.raises(UserError, match="unreachable") as err:
+        check_reachable("http://127.0.0.1:9", timeout_s=2)
+    assert "\n" not in str(err.value)

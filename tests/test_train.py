@@ -1,0 +1,114 @@
+"""The training loop: it learns, resumes bit-for-bit, survives divergence, stops at a target, and
+accumulates gradients equivalently to a larger batch."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from blueberry.checkpoint import Checkpointer, latest_checkpoint
+from blueberry.config import TrainConfig, replace
+from blueberry.errors import UserError
+from blueberry.hooks import History, Hook
+from blueberry.train import train
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(Hook):
+    """Kills the run right after step `step` (after the checkpointer has saved it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, info, state):
+        if info.step == self.step:
+            raise Interrupt
+
+
+def final_params(state_holder):
+    return {k: v.clone() for k, v in state_holder.model.state_dict().items()}
+
+
+class KeepState(Hook):
+    def on_end(self, result, state):
+        self.params = final_params(state)
+
+
+@pytest.mark.slow
+def test_tiny_learns_well_below_the_unigram_entropy(tiny_model, builtin_data):
+    cfg = TrainConfig(train_tokens=200 * 4 * 256, batch_size=4, eval_every=0, eval_tokens=16 * 256, device="cpu")
+    result = train(tiny_model, cfg, builtin_data)
+    unigram = builtin_data.unigram_entropy()
+    assert result.val is not None and not result.diverged
+    assert result.val.loss < unigram - 0.5, (result.val.loss, unigram)
+    assert 0 < result.val.accuracy < 1 and result.tokens_per_s > 0 and result.mfu is None  # no MFU on CPU
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(tiny_model, builtin_data, quick_train, tmp_path):
+    reference_state = KeepState()
+    reference = train(tiny_model, quick_train, builtin_data, [reference_state])
+
+    cfg = replace(quick_train, checkpoint_every=5)
+    with pytest.raises(Interrupt):
+        train(tiny_model, cfg, builtin_data, [Checkpointer(tmp_path, every=5), InterruptAt(7)])
+    assert latest_checkpoint(tmp_path).name == "step-00000005.pt"
+
+    resumed_state, history = KeepState(), History()
+    checkpointer = Checkpointer(tmp_path, every=5)
+    resumed = train(tiny_model, cfg, builtin_data, [checkpointer, resumed_state, history])
+    assert checkpointer.resumed_from.name == "step-00000005.pt"
+    assert history.steps[0].step == 6  # steps 1-5 were not redone
+    assert resumed.train_loss == reference.train_loss
+    assert resumed.val.loss == reference.val.loss
+    assert resumed.steps == reference.steps and resumed.tokens == reference.tokens
+    for name, value in reference_state.params.items():
+        assert torch.equal(value, resumed_state.params[name]), name
+
+
+def test_resuming_with_another_config_is_refused(tiny_model, builtin_data, quick_train, tmp_path):
+    train(tiny_model, quick_train, builtin_data, [Checkpointer(tmp_path)])
+    with pytest.raises(UserError, match="different configuration"):
+        train(tiny_model, replace(quick_train, muon_lr=0.01), builtin_data, [Checkpointer(tmp_path)])
+
+
+def test_divergence_stops_the_run_without_raising(tiny_model, builtin_data, quick_train):
+    cfg = replace(quick_train, muon_lr=50.0, adamw_lr=50.0, warmup_frac=0.0, grad_clip=0.0)
+    history = History()
+    result = train(tiny_model, cfg, builtin_data, [history])
+    assert result.diverged and result.val is None
+    assert result.steps < quick_train.total_steps(256)
+    assert result.metrics()["final/diverged"] == 1.0
+
+
+def test_target_train_loss_stops_early_and_records_when(tiny_model, builtin_data, quick_train):
+    full = train(tiny_model, quick_train, builtin_data, [history := History()])
+    target = history.steps[7].smoothed_loss  # a loss the run first reaches at step 8
+    assert all(s.smoothed_loss > target for s in history.steps[:7])
+    early = train(tiny_model, replace(quick_train, target_train_loss=target), builtin_data)
+    assert early.reached_target and early.steps == 8 < full.steps
+    assert early.target_tokens == 8 * 4 * 256 and early.target_time_s == early.active_time_s
+    assert early.val is not None  # the final validation still runs
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tiny_model, builtin_data, quick_train):
+    # One step of 2 x 4 sequences sees the same rows as one step of 8: the stream is a row sequence.
+    big = replace(quick_train, batch_size=8, grad_accum_steps=1, train_tokens=3 * 8 * 256, optimizer="adamw")
+    accumulated = replace(big, batch_size=4, grad_accum_steps=2)
+    a, b = History(), History()
+    train(tiny_model, big, builtin_data, [a])
+    train(tiny_model, accumulated, builtin_data, [b])
+    assert [s.tokens for s in a.steps] == [s.tokens for s in b.steps]
+    for x, y in zip(a.steps, b.steps):
+        assert x.loss == pytest.approx(y.loss, rel=1e-5)
+
+
+def test_step_info_is_complete(tiny_model, builtin_data, quick_train):
+    history = History()
+    result = train(tiny_model, quick_train, builtin_data, [history])
+    assert [s.step for s in history.steps] == list(range(1, result.steps + 1))
+    assert [e.step for e in history.evals] == [6, 12]
+    assert history.steps[-1].tokens == result.tokens == 12 * 4 * 256
+    assert dataclasses.asdict(history.steps[0]).keys() >= {"loss", "smoothed_loss", "lr_multiplier", "tokens_per_s"}
