@@ -112,3 +112,16 @@ def test_step_info_is_complete(tiny_model, builtin_data, quick_train):
     assert [e.step for e in history.evals] == [6, 12]
     assert history.steps[-1].tokens == result.tokens == 12 * 4 * 256
     assert dataclasses.asdict(history.steps[0]).keys() >= {"loss", "smoothed_loss", "lr_multiplier", "tokens_per_s"}
+
+
+@pytest.mark.slow
+def test_compile_warmup_is_untimed_and_leaves_training_unchanged(tiny_model, builtin_data, quick_train):
+    eager, compiled = History(), History()
+    cfg = replace(quick_train, eval_every=0)
+    train(tiny_model, cfg, builtin_data, [eager])
+    result = train(tiny_model, replace(cfg, compile=True), builtin_data, [compiled])
+    # Compilation (tens of seconds on CPU) is setup, not active training time.
+    assert result.setup_time_s > 5 * result.active_time_s
+    # The warm-up took no optimizer step and consumed no data: the same trajectory, to kernel rounding.
+    for a, b in zip(eager.steps, compiled.steps):
+        assert a.loss == pytest.approx(b.loss, rel=1e-4)
