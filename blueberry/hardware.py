@@ -23,6 +23,19 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+# Short names for planning (`blueberry-scale plan --gpu h100`).
+GPU_ALIASES = {"h100": "H100", "h100-pcie": "H100 PCIe", "h200": "H200", "b200": "B200", "a100": "A100",
+               "l40s": "L40S", "l4": "L4", "a10g": "A10G", "4090": "RTX 4090", "3090": "RTX 3090"}
+
+
+def gpu_peak_flops(alias: str) -> float:
+    """Peak bf16 FLOP/s of a GPU named by its short name."""
+    key = GPU_ALIASES.get(alias.lower())
+    if key is None:
+        raise ConfigError(f"unknown GPU {alias!r}: use one of {', '.join(GPU_ALIASES)}")
+    return dict(PEAK_BF16_FLOPS)[key]
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU."""
     if name == "auto":

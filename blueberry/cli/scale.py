@@ -1,14 +1,295 @@
-"""`blueberry-scale`: scaling-law fits and plans (not yet available)."""
+"""`blueberry-scale`: fit scaling laws to finished runs and turn them into a costed plan.
+
+    blueberry-scale fit --csv runs.csv --flops-col "Training FLOP" --params-col "Model Size" --exclude-top 5
+    blueberry-scale fit --experiment scaling-grid --bootstrap 1000 --json law.json --plot law.png
+    blueberry-scale hparams --csv sweeps.csv --json hparams.json
+    blueberry-scale plan --law law.json --params 8e9 --gpu h100 --mfu 0.4 --price-per-gpu-hour 2.5
+    blueberry-scale plan --law chinchilla --params 8e9 --tokens 15e12 --gpu h100 --mfu 0.4
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from blueberry.cli.common import ArgumentParser, positive_float, run_command
+from blueberry.config import PRESETS
+from blueberry.errors import UserError
+from blueberry.hardware import GPU_ALIASES
+
+PROG = "blueberry-scale"
+# Besiroglu et al. 2024 (Epoch AI), "Chinchilla Scaling: A replication attempt", Table 1.
+CHINCHILLA = {"E": (1.8172, 0.03), "A": (482.01, 124.58), "B": (2085.43, 1293.23), "alpha": (0.3478, 0.02),
+              "beta": (0.3658, 0.02)}
+
+
+def add_source_flags(parser: ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--csv", type=Path, help="finished runs as a CSV file")
+    source.add_argument("--experiment", help="an MLflow experiment of finished runs")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description="Scaling-law fits and plans.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    fit = commands.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta")
+    add_source_flags(fit)
+    fit.add_argument("--params-col", default="N", help="column of parameter counts N (default: N)")
+    tokens = fit.add_mutually_exclusive_group()
+    tokens.add_argument("--tokens-col", help="column of training tokens D (default: D; final/tokens for MLflow)")
+    tokens.add_argument("--flops-col", help="column of training FLOPs C instead of tokens: D = C / 6N")
+    fit.add_argument("--loss-col", help="column of final losses (default: loss; final/val_loss for MLflow)")
+    fit.add_argument("--exclude-top", type=int, default=0, metavar="K", help="drop the K highest-loss points")
+    fit.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap refits (default 200)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the fit as JSON (stdout if no FILE)")
+    fit.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the data, the law and the frontier")
+
+    hp = commands.add_parser("hparams", help="fit the optimal LR and batch size against compute")
+    add_source_flags(hp)
+    hp.add_argument("--compute-col", help="column of training FLOPs (default: C, else 6 x params x tokens)")
+    hp.add_argument("--params-col", default="N")
+    hp.add_argument("--tokens-col", help="default: D (final/tokens for MLflow)")
+    hp.add_argument("--lr-col", help="default: lr (train.muon_lr for MLflow)")
+    hp.add_argument("--batch-col", help="batch size in tokens (default: batch_tokens)")
+    hp.add_argument("--loss-col", help="default: loss (final/val_loss for MLflow)")
+    hp.add_argument("--bootstrap", type=int, default=1000)
+    hp.add_argument("--seed", type=int, default=0)
+    hp.add_argument("--json", nargs="?", const="-", metavar="FILE")
+
+    plan = commands.add_parser("plan", help="size, tokens, loss, hyperparameters, GPU-hours and cost for a target")
+    plan.add_argument("--law", help="a `fit --json` file, or 'chinchilla' for Epoch AI's published fit")
+    add_source_flags(plan)
+    plan.add_argument("--exclude-top", type=int, default=0, help="with --csv/--experiment: as for fit")
+    target = plan.add_mutually_exclusive_group(required=True)
+    target.add_argument("--params", type=positive_float, help="model size N")
+    target.add_argument("--flops", type=positive_float, help="training compute C")
+    target.add_argument("--gpu-hours", type=positive_float, help="a GPU-hour budget")
+    target.add_argument("--preset", choices=list(PRESETS), help="an existing preset's size")
+    plan.add_argument("--tokens", type=positive_float, help="with --params/--preset: train on exactly D tokens")
+    plan.add_argument("--gpu", default="h100", help=f"one of {', '.join(GPU_ALIASES)} (default h100)")
+    plan.add_argument("--mfu", type=positive_float, default=0.4, help="model FLOPs utilisation (default 0.4)")
+    plan.add_argument("--price-per-gpu-hour", type=positive_float, help="to turn GPU-hours into money")
+    plan.add_argument("--hparams", type=Path, help="an `hparams --json` file (default: DeepSeek's AdamW laws)")
+    plan.add_argument("--vocab", type=int, default=49152, help="vocabulary of the planned model (default 49152)")
+    plan.add_argument("--json", nargs="?", const="-", metavar="FILE")
+    return parser
+
+
+def _rows(args):
+    from blueberry.scaling.runs import read_csv, read_mlflow
+
+    if args.csv:
+        return read_csv(args.csv), str(args.csv), False
+    if args.experiment:
+        return read_mlflow(args.experiment, args.tracking_uri), f"experiment {args.experiment!r}", True
+    raise UserError("give --csv FILE or --experiment NAME")
+
+
+def load_points(args):
+    from blueberry.scaling.fit import ScalingPoints
+    from blueberry.scaling.runs import column
+
+    rows, source, from_mlflow = _rows(args)
+    N = column(rows, args.params_col, source)
+    loss = column(rows, args.loss_col or ("final/val_loss" if from_mlflow else "loss"), source)
+    if getattr(args, "flops_col", None):
+        points = ScalingPoints.from_compute(N, column(rows, args.flops_col, source), loss)
+    else:
+        points = ScalingPoints(np.array(N), np.array(column(rows, args.tokens_col or (
+            "final/tokens" if from_mlflow else "D"), source)), np.array(loss))
+    return points.exclude_top(args.exclude_top) if args.exclude_top else points, source
+
+
+def _emit_json(payload: dict, where: str) -> None:
+    text = json.dumps(payload, indent=2)
+    if where == "-":
+        print(text)
+    else:
+        Path(where).write_text(text + "\n")
+
+
+def fit_payload(points, fit, boot, isoflop) -> dict:
+    payload: dict[str, object] = {}
+    for name in ("E", "A", "B", "alpha", "beta"):
+        payload[name] = boot.summary(name, getattr(fit.law, name)) if boot else {"estimate": getattr(fit.law, name),
+                                                                                 "se": None, "ci": None}
+    for name, value in fit.law.derived().items():
+        payload[name] = boot.summary(name, value) if boot else {"estimate": value, "se": None, "ci": None}
+    payload["fit"] = {"points": len(points), "objective": fit.objective, "converged": fit.converged,
+                      "method": "Chinchilla approach 3: Huber(delta=1e-3) on log loss, L-BFGS"}
+    if boot:
+        payload["bootstrap_samples"] = {k: v.tolist() for k, v in boot.samples.items()}
+    if isoflop is not None:
+        payload["isoflop"] = {"N_opt": {"coefficient": isoflop.N_coefficient, "exponent": isoflop.N_exponent},
+                              "D_opt": {"coefficient": isoflop.D_coefficient, "exponent": isoflop.D_exponent},
+                              "profiles": [p.__dict__ for p in isoflop.profiles]}
+    return payload
+
+
+def fit_table(payload: dict, source: str) -> str:
+    lines = [f"Chinchilla approach 3 on {payload['fit']['points']} runs from {source}",
+             f"{'':8}{'estimate':>12}{'s.e.':>12}   95% interval"]
+    for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        entry = payload[name]
+        se = f"{entry['se']:12.4g}" if entry["se"] is not None else f"{'-':>12}"
+        ci = f"[{entry['ci'][0]:.4g}, {entry['ci'][1]:.4g}]" if entry["ci"] else "-"
+        lines.append(f"{name:8}{entry['estimate']:12.4g}{se}   {ci}")
+    lines.append("a = beta/(alpha+beta) and b = alpha/(alpha+beta): N_opt grows as C^a, D_opt as C^b")
+    if "isoflop" in payload:
+        iso = payload["isoflop"]
+        lines.append(f"IsoFLOP (approach 2, {len(iso['profiles'])} budgets): N_opt = {iso['N_opt']['coefficient']:.3g} "
+                     f"C^{iso['N_opt']['exponent']:.3f}, D_opt = {iso['D_opt']['coefficient']:.3g} "
+                     f"C^{iso['D_opt']['exponent']:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_fit(args) -> None:
+    from blueberry.scaling.fit import bootstrap_law, fit_isoflop, fit_law
+
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    points, source = load_points(args)
+    fit = fit_law(points)
+    if not fit.converged:
+        raise UserError("the fit did not converge: check the data (units of N, D and loss) or drop outliers")
+    boot = bootstrap_law(points, fit, args.bootstrap, seed=args.seed) if args.bootstrap else None
+    try:
+        isoflop = fit_isoflop(points)
+    except UserError:
+        isoflop = None  # approach 2 needs several sizes per budget; many datasets do not have them
+    payload = fit_payload(points, fit, boot, isoflop)
+    if args.json != "-":
+        print(fit_table(payload, source))
+    if args.json:
+        _emit_json(payload, args.json)
+    if args.plot:
+        from blueberry.scaling.plots import plot_law
+
+        plot_law(points, fit.law, args.plot)
+
+
+def cmd_hparams(args) -> None:
+    from blueberry.scaling.hparams import Trial, fit_hparam_laws
+    from blueberry.scaling.runs import column
+
+    rows, source, from_mlflow = _rows(args)
+    if args.compute_col or "C" in rows[0]:
+        compute = column(rows, args.compute_col or "C", source)
+    else:
+        N = column(rows, args.params_col, source)
+        D = column(rows, args.tokens_col or ("final/tokens" if from_mlflow else "D"), source)
+        compute = [6 * n * d for n, d in zip(N, D)]
+    lr = column(rows, args.lr_col or ("train.muon_lr" if from_mlflow else "lr"), source)
+    batch = column(rows, args.batch_col or "batch_tokens", source)
+    loss = column(rows, args.loss_col or ("final/val_loss" if from_mlflow else "loss"), source)
+    laws = fit_hparam_laws([Trial(*t) for t in zip(compute, lr, batch, loss)], args.bootstrap, args.seed)
+    if args.json != "-":
+        print(f"Hyperparameter laws from {source} ({len(laws.budgets)} compute budgets)")
+        for name, law in (("lr", laws.lr), ("batch (tokens)", laws.batch_tokens)):
+            ci = f" (exponent 95% interval [{law.exponent_ci[0]:.3f}, {law.exponent_ci[1]:.3f}])" if law.exponent_ci else ""
+            print(f"  {name:15} = {law.coefficient:.4g} C^{law.exponent:.4f}{ci}")
+        print(f"  {'C':>10}  {'best lr':>10} {'law':>10} {'ratio':>6}   {'best batch':>10} {'law':>10} {'ratio':>6}")
+        for b in laws.budgets:
+            print(f"  {b.compute:10.3g}  {b.lr:10.3g} {laws.lr(b.compute):10.3g} {b.lr / laws.lr(b.compute):6.2f}   "
+                  f"{b.batch_tokens:10.3g} {laws.batch_tokens(b.compute):10.3g} "
+                  f"{b.batch_tokens / laws.batch_tokens(b.compute):6.2f}")
+    if args.json:
+        _emit_json(laws.to_dict(), args.json)
+
+
+def load_law(args):
+    """(law, bootstrap samples or None, description) from --law or a fit of --csv/--experiment."""
+    from blueberry.scaling.fit import bootstrap_law, fit_law
+    from blueberry.scaling.law import Law
+
+    if args.law == "chinchilla":
+        return Law(**{k: v[0] for k, v in CHINCHILLA.items()}), None, "Chinchilla (Epoch AI 2024 refit)"
+    if args.law:
+        path = Path(args.law)
+        if not path.is_file():
+            raise UserError(f"law file {path} does not exist: write one with `blueberry-scale fit --json {path}`")
+        try:
+            raw = json.loads(path.read_text())
+            law = Law(**{k: float(raw[k]["estimate"]) for k in ("E", "A", "B", "alpha", "beta")})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{path} is not a `blueberry-scale fit --json` file") from None
+        samples = raw.get("bootstrap_samples")
+        return law, {k: np.array(v) for k, v in samples.items()} if samples else None, str(path)
+    args.params_col, args.tokens_col, args.flops_col, args.loss_col = "N", None, None, None
+    points, source = load_points(args)
+    fit = fit_law(points)
+    return fit.law, bootstrap_law(points, fit, 200).samples, f"fit of {source}"
+
+
+def plan_text(plan, law_source: str) -> str:
+    from blueberry.hardware import gpu_peak_flops
+
+    a = plan.architecture
+    lines = [f"Plan under {law_source}",
+             f"  size & data      N = {plan.N:.3e} parameters, D = {plan.D:.3e} tokens "
+             f"({plan.tokens_per_param:.1f} tokens per parameter)",
+             f"  compute          C = 6ND = {plan.C:.3e} FLOP"]
+    ci = f"  (95% interval {plan.loss_ci[0]:.3f} to {plan.loss_ci[1]:.3f})" if plan.loss_ci else ""
+    lines.append(f"  predicted loss   {plan.loss:.4f}{ci}")
+    lines.append(f"  compute-optimal  at this C: N = {plan.optimal_N:.3e}, D = {plan.optimal_D:.3e}, "
+                 f"loss {plan.optimal_loss:.4f}")
+    excess = plan.C / plan.optimal_compute_for_same_loss
+    if excess > 1.001:
+        lines.append(f"                   this plan is {plan.N / plan.optimal_N:.2f}x the optimal size; a compute-optimal "
+                     f"model reaches the same loss with {1 / excess:.1%} of the compute")
+    lines.append(f"  hyperparameters  peak LR {plan.lr:.3g}, batch {plan.batch_tokens:.3g} tokens "
+                 f"({plan.batch_tokens / a.seq_len:,.0f} sequences of {a.seq_len})  [{plan.hparams_source}]")
+    cost = f" = ${plan.cost:,.0f}" if plan.cost is not None else ""
+    lines.append(f"  cost             {plan.gpu_hours:,.0f} {plan.gpu.upper()}-hours at MFU {plan.mfu:.0%} "
+                 f"(peak {gpu_peak_flops(plan.gpu) / 1e12:.0f} TFLOP/s){cost}")
+    lines.append(f"  architecture     d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads ({a.n_kv_heads} KV), "
+                 f"d_ff {a.d_ff}, {a.mlp}, vocab {a.vocab_size}, seq_len {a.seq_len}: "
+                 f"{plan.architecture_params:,} parameters ({plan.architecture_params / plan.N - 1:+.2%})")
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> None:
+    from blueberry.config import preset
+    from blueberry.model import count_params
+    from blueberry.scaling.hparams import HparamLaws
+    from blueberry.scaling.plan import Target, make_plan
+
+    law, samples, law_source = load_law(args)
+    architecture = None
+    params = args.params
+    if args.preset:
+        architecture = preset(args.preset)
+        params = float(count_params(architecture).total)
+    target = Target(params=params, tokens=args.tokens, flops=args.flops, gpu_hours=args.gpu_hours, gpu=args.gpu,
+                    mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
+    hparams = None
+    if args.hparams:
+        try:
+            hparams = HparamLaws.from_dict(json.loads(Path(args.hparams).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{args.hparams} is not a readable `blueberry-scale hparams --json` file") from None
+    plan = make_plan(law, target, samples, hparams, vocab_size=args.vocab, architecture=architecture)
+    if args.json != "-":
+        print(plan_text(plan, law_source))
+    if args.json:
+        _emit_json(plan.to_dict(), args.json)
+
+
+def main_body(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    {"fit": cmd_fit, "hparams": cmd_hparams, "plan": cmd_plan}[args.command](args)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("blueberry-scale: not yet available in this version", file=sys.stderr)
-    return 2
+    return run_command(PROG, main_body, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""How the best learning rate and batch size move with compute: power laws fitted to sweep results.
+
+DeepSeek LLM (2024) fitted eta_opt = 0.3118 C^-0.1250 and B_opt = 0.2920 C^0.3271 (batch in tokens)
+for AdamW. Muon's laws may differ, so `fit_hparam_laws` fits ours from a study's trials: per compute
+budget, the lowest-loss trial's LR and batch; then log y = log k + p log C by least squares, with
+bootstrap intervals over budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from blueberry.errors import UserError
+
+DEEPSEEK_LR = (0.3118, -0.1250)  # (coefficient, exponent), AdamW
+DEEPSEEK_BATCH_TOKENS = (0.2920, 0.3271)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    coefficient: float
+    exponent: float
+    exponent_ci: tuple[float, float] | None = None
+    coefficient_ci: tuple[float, float] | None = None
+
+    def __call__(self, C: float | np.ndarray) -> float | np.ndarray:
+        return self.coefficient * np.power(C, self.exponent)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"coefficient": self.coefficient, "exponent": self.exponent,
+                "exponent_ci": self.exponent_ci, "coefficient_ci": self.coefficient_ci}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PowerLaw:
+        ci = (lambda v: tuple(v) if v is not None else None)
+        return cls(raw["coefficient"], raw["exponent"], ci(raw.get("exponent_ci")), ci(raw.get("coefficient_ci")))
+
+
+@dataclass(frozen=True)
+class Trial:
+    compute: float  # training FLOPs, 6 N D
+    lr: float
+    batch_tokens: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class BudgetBest:
+    compute: float
+    lr: float
+    batch_tokens: float
+    loss: float
+    trials: int
+
+
+def best_per_budget(trials: list[Trial], tolerance_dex: float = 0.05) -> list[BudgetBest]:
+    """The lowest-loss trial of each compute budget (budgets within `tolerance_dex` in log10 C are one)."""
+    if not trials:
+        raise UserError("no finished trials to fit hyperparameter laws to")
+    ordered = sorted(trials, key=lambda t: t.compute)
+    groups: list[list[Trial]] = [[ordered[0]]]
+    for trial in ordered[1:]:
+        if np.log10(trial.compute) - np.log10(groups[-1][-1].compute) > tolerance_dex:
+            groups.append([])
+        groups[-1].append(trial)
+    out = []
+    for group in groups:
+        best = min(group, key=lambda t: t.loss)
+        out.append(BudgetBest(best.compute, best.lr, best.batch_tokens, best.loss, len(group)))
+    return out
+
+
+def fit_power_law(C: np.ndarray, y: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> PowerLaw:
+    """y = k C^p by least squares in log-log, with percentile intervals from resampling the points."""
+    logC, logy = np.log(C), np.log(y)
+    p, logk = np.polyfit(logC, logy, 1)
+    if len(C) < 3 or bootstrap == 0:
+        return PowerLaw(float(np.exp(logk)), float(p))
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(bootstrap):
+        idx = rng.integers(0, len(C), len(C))
+        if len(np.unique(logC[idx])) >= 2:
+            fits.append(np.polyfit(logC[idx], logy[idx], 1))
+    ps, logks = np.array(fits).T
+    return PowerLaw(float(np.exp(logk)), float(p), (float(np.percentile(ps, 2.5)), float(np.percentile(ps, 97.5))),
+                    (float(np.exp(np.percentile(logks, 2.5))), float(np.exp(np.percentile(logks, 97.5)))))
+
+
+@dataclass(frozen=True)
+class HparamLaws:
+    lr: PowerLaw
+    batch_tokens: PowerLaw
+    budgets: list[BudgetBest]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"lr": self.lr.to_dict(), "batch_tokens": self.batch_tokens.to_dict(),
+                "budgets": [b.__dict__ for b in self.budgets]}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> HparamLaws:
+        return cls(PowerLaw.from_dict(raw["lr"]), PowerLaw.from_dict(raw["batch_tokens"]),
+                   [BudgetBest(**b) for b in raw.get("budgets", [])])
+
+
+def fit_hparam_laws(trials: list[Trial], bootstrap: int = 1000, seed: int = 0) -> HparamLaws:
+    budgets = best_per_budget(trials)
+    if len(budgets) < 2:
+        raise UserError(f"hyperparameter laws need sweeps at two or more compute budgets; found {len(budgets)}")
+    C = np.array([b.compute for b in budgets])
+    return HparamLaws(lr=fit_power_law(C, np.array([b.lr for b in budgets]), bootstrap, seed),
+                      batch_tokens=fit_power_law(C, np.array([b.batch_tokens for b in budgets]), bootstrap, seed),
+                      budgets=budgets)
+
+
+def deepseek_laws() -> HparamLaws:
+    """DeepSeek LLM's published AdamW laws, the reference when no sweep of ours covers the budget."""
+    return HparamLaws(PowerLaw(*DEEPSEEK_LR), PowerLaw(*DEEPSEEK_BATCH_TOKENS), [])
