@@ -90,11 +90,12 @@ class MlflowTracker(Hook):
 
     def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
                  uri: str | None = None, log_every: int = 10, parent_run_id: str | None = None,
-                 run_id_file: Path | None = None) -> None:
+                 run_id_file: Path | None = None, reference_loss: tuple[float, str] | None = None) -> None:
         self.client = client(uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         self.run_name, self.params, self.tags = run_name, params, dict(tags or {})
         self.log_every, self.parent_run_id, self.run_id_file = log_every, parent_run_id, run_id_file
+        self.reference_loss = reference_loss  # (value, label): a horizontal line on the loss curve
         self.run_id: str | None = None
 
     def _start_or_resume_run(self) -> str:
@@ -158,4 +159,4 @@ class MlflowTracker(Hook):
             return [(m.step * tokens_per_step, m.value) for m in history]
 
         return loss_curve(points("train/loss"), points("train/smoothed_loss"), points("val/loss"), path,
-                          title=self.run_name)
+                          title=self.run_name, reference=self.reference_loss)

@@ -1,51 +1,71 @@
-"""Source -> tokenizer -> Arrow token shards + manifest.
+"""Source -> tokenizer -> Arrow token shards + manifest, resumable and idempotent.
 
-`prepare()` is idempotent: it keys an output directory by a hash of everything that determines its
-contents, returns at once when the directory already holds that preparation, and refuses to touch a
-directory holding anything else. The manifest is written last and atomically, so a directory with
-a manifest is finished and one without is not.
+- **Keyed**: an output directory is keyed by a hash of everything that determines its contents
+  (source, tokenizer, seq_len, split, limits, shard size, format). `prepare()` returns at once when
+  the directory already holds that preparation and refuses a directory holding anything else.
+- **Resumable**: after every shard, the state needed to continue (shards written with their sha256,
+  documents consumed, each split's tokens not yet in a shard) is saved atomically in
+  `.preparing.json` + `.pending-*.npy`. A rerun checks the shards against their checksums, skips the
+  consumed documents and continues; the shards it writes are byte-identical to an uninterrupted run's.
+- **Finished means manifest**: `manifest.json` is written last, atomically; until then the directory
+  holds only the partial state, which nothing mistakes for finished data.
+- **Bounded memory**: documents stream through in batches; a split holds at most one shard of tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from blueberry.data import FORMAT_VERSION, MANIFEST_NAME, SPLITS, Manifest, read_manifest, token_dtype_for
+from blueberry.data import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, TOKEN_DTYPES, Manifest, ShardInfo, read_manifest,
+                            sha256_file, token_dtype_for)
 from blueberry.errors import ConfigError, DataError, UserError
+from pipelines.encode import make_encoder
 from pipelines.shards import ShardWriter
 from pipelines.sources import open_source
 from pipelines.tokenizer import load_tokenizer
 
 ENCODE_BATCH_DOCS = 256
-PARTIAL_MARKER = ".preparing.json"  # a preparation in progress; holds its key so a rerun knows it
+PARTIAL_STATE = ".preparing.json"
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
+    """Everything that determines a preparation's output (how many workers run it does not)."""
+
     source: str = "builtin"
     tokenizer: str = "builtin"
     seq_len: int = 2048
     val_fraction: float = 0.05
-    max_tokens: int | None = None  # stop reading documents once this many tokens are tokenised
+    max_tokens: int | None = None  # stop after the document that brings the total to this many tokens
+    max_documents: int | None = None  # read at most this many documents from the source
     seed: int = 0  # decides which documents go to validation
     shard_tokens: int = 1 << 24  # tokens per shard file (16M tokens = 32 MB of uint16)
+    text_field: str = "text"
+    dtype: str = "auto"  # auto: the narrowest that holds the vocabulary
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0:
             raise ConfigError(f"seq_len must be positive, got {self.seq_len}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.max_tokens is not None and self.max_tokens <= 0:
-            raise ConfigError(f"max tokens must be positive, got {self.max_tokens}")
+        for name in ("max_tokens", "max_documents"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be positive, got {value}")
         if self.shard_tokens < self.seq_len:
             raise ConfigError(f"shard_tokens ({self.shard_tokens}) must hold at least one sequence ({self.seq_len})")
+        if self.dtype not in ("auto", *TOKEN_DTYPES):
+            raise ConfigError(f"dtype must be auto, {' or '.join(TOKEN_DTYPES)}; got {self.dtype!r}")
 
 
 def is_validation_document(index: int, seed: int, val_fraction: float) -> bool:
@@ -55,24 +75,93 @@ def is_validation_document(index: int, seed: int, val_fraction: float) -> bool:
 
 
 def _batched(docs: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    while batch := list(islice(docs, size)):
         yield batch
 
 
-def prepare(cfg: PrepareConfig, out: str | Path, progress: bool = True) -> Manifest:
-    """Prepare `out` from `cfg`, or return its manifest if it already holds exactly this preparation."""
+@dataclass
+class _State:
+    documents: int = 0
+    tokens: int = 0
+    shards: dict[str, list[ShardInfo]] | None = None
+    pending: dict[str, np.ndarray] | None = None
+
+
+def _save_state(out: Path, key: str, seq: int, state: _State, writers: dict[str, ShardWriter]) -> None:
+    """Pending tokens first (new names), then the JSON that names them (atomic), then old files go."""
+    for split, writer in writers.items():
+        tmp = out / f".pending-{split}-{seq:06d}.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, writer.pending())
+        os.replace(tmp, out / f".pending-{split}-{seq:06d}.npy")
+    payload = {"key": key, "seq": seq, "documents": state.documents, "tokens": state.tokens,
+               "shards": {split: [asdict(s) for s in w.shards] for split, w in writers.items()}}
+    tmp = out / f"{PARTIAL_STATE}.tmp"
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, out / PARTIAL_STATE)
+    for old in out.glob(".pending-*.npy"):
+        if not old.name.endswith(f"-{seq:06d}.npy"):
+            old.unlink()
+
+
+def _load_state(out: Path, key: str) -> tuple[_State, int] | None:
+    """The saved state of an interrupted preparation of `key`, if every shard it lists checks out."""
+    path = out / PARTIAL_STATE
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    if raw.get("key") != key:
+        raise UserError(f"{out} holds an unfinished preparation with other settings: rerun it with those settings "
+                        "or delete the directory")
+    if "seq" not in raw:
+        return None  # claimed, but interrupted before its first shard
+    shards = {split: [ShardInfo(**s) for s in raw["shards"][split]] for split in SPLITS}
+    for shard in (s for split in SPLITS for s in shards[split]):
+        if not (out / shard.name).is_file() or sha256_file(out / shard.name) != shard.sha256:
+            return None  # a damaged shard: start over rather than build on it
+    pending = {split: np.load(out / f".pending-{split}-{raw['seq']:06d}.npy") for split in SPLITS}
+    return _State(raw["documents"], raw["tokens"], shards, pending), raw["seq"]
+
+
+def _start_fresh(out: Path, key: str) -> None:
+    for path in out.iterdir():
+        path.unlink()
+    (out / PARTIAL_STATE).write_text(json.dumps({"key": key}))
+
+
+def _claim(out: Path, key: str) -> tuple[_State, int]:
+    """A fresh start in an empty directory, or the saved state of our own interrupted run."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / PARTIAL_STATE).is_file():
+        if any(out.iterdir()):
+            raise UserError(f"{out} is not empty and holds no preparation: choose another --out or delete it")
+        _start_fresh(out, key)
+        return _State(), 0
+    resumed = _load_state(out, key)
+    if resumed is None:
+        _start_fresh(out, key)
+        return _State(), 0
+    for stray in out.glob(".*.tmp"):
+        stray.unlink()
+    return resumed
+
+
+def preparation_key(cfg: PrepareConfig, source_key: str, tokenizer_sha: str) -> str:
+    fields = {**asdict(cfg), "source": source_key, "tokenizer": tokenizer_sha, "format": FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def prepare(cfg: PrepareConfig, out: str | Path, workers: int = 1, backend: str = "auto",
+            progress: bool = True) -> Manifest:
+    """Prepare `out` from `cfg` (resuming an interrupted run), or return its manifest if already done."""
     out = Path(out)
-    source = open_source(cfg.source)
+    source = open_source(cfg.source, cfg.text_field, cfg.max_documents)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    dtype = token_dtype_for(tokenizer.vocab_size)
-    key_fields = {**asdict(cfg), "source": source.key, "tokenizer": tokenizer.sha256, "format": FORMAT_VERSION}
-    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
+    dtype = token_dtype_for(tokenizer.vocab_size) if cfg.dtype == "auto" else cfg.dtype
+    if tokenizer.vocab_size > np.iinfo(TOKEN_DTYPES[dtype]).max + 1:
+        raise UserError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens, more than {dtype} holds: "
+                        "use --dtype uint32 or auto")
+    key = preparation_key(cfg, source.key, tokenizer.sha256)
 
     if (out / MANIFEST_NAME).is_file():
         existing = read_manifest(out)
@@ -81,47 +170,48 @@ def prepare(cfg: PrepareConfig, out: str | Path, progress: bool = True) -> Manif
         raise UserError(f"{out} already holds a different preparation (source {existing.source!r}, "
                         f"tokenizer {existing.tokenizer.name!r}, seq_len {existing.seq_len}): "
                         "choose another --out or delete it")
-    _claim_output_dir(out, key)
-
-    writers = {split: ShardWriter(out, split, cfg.seq_len, dtype, max(1, cfg.shard_tokens // cfg.seq_len))
-               for split in SPLITS}
-    tokens = documents = 0
-    bar = tqdm(desc=f"prepare {cfg.source}", unit=" tok", unit_scale=True, disable=not progress)
+    state, seq = _claim(out, key)
+    rows_per_shard = max(1, cfg.shard_tokens // cfg.seq_len)
+    writers = {split: ShardWriter(out, split, cfg.seq_len, dtype, rows_per_shard,
+                                  shards=state.shards[split] if state.shards else None,
+                                  pending=state.pending[split] if state.pending else None) for split in SPLITS}
     budget = cfg.max_tokens if cfg.max_tokens is not None else float("inf")
-    for batch in _batched(source.documents(), ENCODE_BATCH_DOCS):
-        for ids in tokenizer.encode_batch(batch):
-            split = "val" if is_validation_document(documents, cfg.seed, cfg.val_fraction) else "train"
-            writers[split].add(ids + [tokenizer.eos_id])
-            documents += 1
-            tokens += len(ids) + 1
-            if tokens >= budget:  # per document, so the documents taken never depend on the batch size
+    eos = np.array([tokenizer.eos_id], dtype=np.uint32)
+    documents = islice(source.documents(), state.documents, None)  # skip what finished shards hold
+    encoder = make_encoder(tokenizer.backend.to_str(), workers, backend)
+    bar = tqdm(desc=f"prepare {cfg.source}", unit=" tok", unit_scale=True, initial=state.tokens,
+               disable=not progress, dynamic_ncols=True)
+    started, resumed_tokens = time.perf_counter(), state.tokens
+    try:
+        for batch in encoder.encode(_batched(documents, ENCODE_BATCH_DOCS)):
+            for ids in batch:
+                split = "val" if is_validation_document(state.documents, cfg.seed, cfg.val_fraction) else "train"
+                wrote = writers[split].add(np.concatenate((ids, eos)))
+                state.documents += 1
+                state.tokens += len(ids) + 1
+                if wrote:
+                    seq += 1
+                    _save_state(out, key, seq, state, writers)
+                if state.tokens >= budget:  # per document, so the documents taken never depend on batching
+                    break
+            rate = (state.tokens - resumed_tokens) / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(docs=f"{state.documents:,}", tok_per_s=f"{rate:,.0f}", refresh=False)
+            bar.update(state.tokens - bar.n)
+            if state.tokens >= budget:
                 break
-        bar.update(tokens - bar.n)
-        bar.set_postfix(docs=documents)
-        if tokens >= budget:
-            break
-    bar.close()
-    if tokens == 0:
+    finally:
+        encoder.close()
+        bar.close()
+    if state.tokens == 0:
         raise DataError(f"source {cfg.source!r} yielded no text: nothing to prepare")
 
     manifest = Manifest(tokenizer=tokenizer.info(), seq_len=cfg.seq_len, dtype=dtype,
                         splits={split: w.finish() for split, w in writers.items()}, source=cfg.source,
-                        preparation_key=key, extra={"documents": documents, "config": asdict(cfg)})
+                        preparation_key=key, extra={"documents": state.documents, "config": asdict(cfg)})
     if manifest.splits["train"].sequences == 0:
-        raise DataError(f"only {tokens} tokens: not one training sequence of {cfg.seq_len}; "
+        raise DataError(f"only {state.tokens} tokens: not one training sequence of {cfg.seq_len}; "
                         "use more data or a shorter --seq-len")
     manifest.write(out)
-    (out / PARTIAL_MARKER).unlink()
+    for leftover in [out / PARTIAL_STATE, *out.glob(".pending-*.npy")]:
+        leftover.unlink()
     return manifest
-
-
-def _claim_output_dir(out: Path, key: str) -> None:
-    """Start a preparation in `out`: empty, or an unfinished preparation of the same key (redone)."""
-    marker = out / PARTIAL_MARKER
-    if out.exists() and any(out.iterdir()):
-        if not marker.is_file() or json.loads(marker.read_text()).get("key") != key:
-            raise UserError(f"{out} is not empty and holds no preparation of these settings: "
-                            "choose another --out or delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"key": key}))

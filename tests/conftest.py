@@ -45,3 +45,13 @@ def quick_train() -> TrainConfig:
 @pytest.fixture
 def tiny_model():
     return tiny()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the session's `ray` tests, shut down at the end even if tests fail."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"BLUEBERRY_CACHE": os.environ["BLUEBERRY_CACHE"]}})
+    yield ray
+    ray.shutdown()

@@ -72,6 +72,7 @@ def test_train_runs_tracks_and_does_not_redo_a_finished_run(builtin_dir, tmp_pat
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("blueberry-train").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["preset"] == "tiny"
+    assert runs[0].data.params["N"] == "1770880" and runs[0].data.params["D"] == "20480"
 
 
 def test_data_commands(builtin_dir, tmp_path, capsys):

@@ -1,12 +1,17 @@
 """`blueberry-data`: prepare, verify and inspect token-data directories.
 
     blueberry-data prepare --source builtin --out data/builtin --seq-len 256
+    blueberry-data prepare --recipe speedrun-40m --out data/speedrun-40m
+    blueberry-data prepare --source local:corpus/*.jsonl --tokenizer HuggingFaceTB/SmolLM2-135M --out data/mine
     blueberry-data verify data/builtin
     blueberry-data info data/builtin
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +19,7 @@ from pathlib import Path
 from blueberry.cli.common import ArgumentParser, positive_int, run_command
 from blueberry.data import TokenShards
 from blueberry.errors import UserError
+from pipelines.prepare import PrepareConfig
 
 PROG = "blueberry-data"
 
@@ -22,14 +28,23 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Prepare and check token data.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     prep = commands.add_parser("prepare", help="tokenise a source into Arrow shards + manifest")
-    prep.add_argument("--source", default="builtin", help="what to read: builtin (default)")
-    prep.add_argument("--tokenizer", default="builtin",
-                      help="builtin, a tokenizer.json, a saved tokenizer directory, or a hub name")
+    prep.add_argument("--source", help="builtin (default), local:<path or glob>, or hf:<dataset>[:<config>][@<split>]")
+    prep.add_argument("--recipe", help="a named preparation: speedrun-40m, marathon-1b (flags given override it)")
+    prep.add_argument("--tokenizer", help="builtin, a tokenizer.json, a saved tokenizer directory, or a hub name "
+                                          "(default: builtin for builtin, HuggingFaceTB/SmolLM2-135M otherwise)")
     prep.add_argument("--out", required=True, type=Path, help="output directory")
-    prep.add_argument("--seq-len", type=positive_int, default=2048)
+    prep.add_argument("--seq-len", type=positive_int, help="tokens per training sequence (default 2048)")
     prep.add_argument("--tokens", type=positive_int, help="stop after this many tokens")
-    prep.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out")
-    prep.add_argument("--seed", type=int, default=0, help="decides which documents are held out")
+    prep.add_argument("--documents", type=positive_int, help="read at most this many documents")
+    prep.add_argument("--val-fraction", type=float, help="share of documents held out (default 0.05)")
+    prep.add_argument("--seed", type=int, help="decides which documents are held out (default 0)")
+    prep.add_argument("--text-field", help="JSON field / Parquet column / dataset column holding the text")
+    prep.add_argument("--shard-tokens", type=positive_int, help="tokens per shard file (default 16M)")
+    prep.add_argument("--dtype", choices=("auto", "uint16", "uint32"), help="token dtype (default auto)")
+    prep.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 1)),
+                      help="tokenizer processes (default: one per core)")
+    prep.add_argument("--backend", choices=("auto", "local", "ray"), default="auto",
+                      help="local process pool, or Ray Data on the connected cluster (auto: ray when connected)")
     for name, helptext in (("verify", "check every shard's sha256 and the manifest's counts"),
                            ("info", "print counts, tokenizer and a few decoded samples")):
         sub = commands.add_parser(name, help=helptext)
@@ -37,14 +52,27 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def prepare_config(args: argparse.Namespace) -> PrepareConfig:
+    """A recipe (or the defaults) with the flags the user gave on top."""
+    from pipelines.recipes import HUB_TOKENIZER, recipe
+
+    base = recipe(args.recipe) if args.recipe else PrepareConfig()
+    given = {"source": args.source, "tokenizer": args.tokenizer, "seq_len": args.seq_len, "max_tokens": args.tokens,
+             "max_documents": args.documents, "val_fraction": args.val_fraction, "seed": args.seed,
+             "text_field": args.text_field, "dtype": args.dtype, "shard_tokens": args.shard_tokens}
+    changes = {k: v for k, v in given.items() if v is not None}
+    source = changes.get("source", base.source)
+    if "tokenizer" not in changes and not args.recipe:
+        changes["tokenizer"] = "builtin" if source == "builtin" else HUB_TOKENIZER
+    return dataclasses.replace(base, **changes)
+
+
 def main_body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "prepare":
-        from pipelines.prepare import PrepareConfig, prepare
+        from pipelines.prepare import prepare
 
-        cfg = PrepareConfig(source=args.source, tokenizer=args.tokenizer, seq_len=args.seq_len,
-                            val_fraction=args.val_fraction, max_tokens=args.tokens, seed=args.seed)
-        manifest = prepare(cfg, args.out)
+        manifest = prepare(prepare_config(args), args.out, workers=args.workers, backend=args.backend)
         print(f"{args.out}: {manifest.splits['train'].tokens:,} train and {manifest.splits['val'].tokens:,} "
               f"validation tokens, seq_len {manifest.seq_len}, tokenizer {manifest.tokenizer.name}")
     elif args.command == "verify":

@@ -26,6 +26,7 @@ from blueberry.config import replace
 from blueberry.data import TokenShards
 from blueberry.errors import ConfigError
 from blueberry.hooks import RunResult
+from blueberry.model import count_params
 from blueberry.progress import ProgressBar
 from blueberry.tracking import MlflowTracker, NullTracker, tracking_uri
 
@@ -98,6 +99,15 @@ def open_data(spec: str, seq_len: int, progress: bool) -> TokenShards:
     return TokenShards.open(spec)
 
 
+def run_params(run: RunConfig, preset_name: str, data: str) -> dict[str, object]:
+    """The flattened config plus the quantities scaling fits read: N (total parameters, the Chinchilla
+    convention), N_non_embedding, D (the token budget) and the batch in tokens."""
+    counts = count_params(run.model)
+    return {**run.flatten(), "preset": preset_name, "data": data, "N": counts.total,
+            "N_non_embedding": counts.non_embedding, "D": run.train.total_steps(run.model.seq_len)
+            * run.train.tokens_per_step(run.model.seq_len), "batch_tokens": run.train.tokens_per_step(run.model.seq_len)}
+
+
 def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str:
     lines = [f"run          {name}  ({run_dir})",
              f"parameters   {result.params['total'] / 1e6:.2f}M ({result.params['non_embedding'] / 1e6:.2f}M "
@@ -144,9 +154,10 @@ def main_body(argv: Sequence[str] | None) -> int:
 
     checkpointer = Checkpointer(run_dir / "checkpoints", every=train_cfg.checkpoint_every)
     tracker = NullTracker() if uri is None else MlflowTracker(
-        args.experiment, name, params={**run.flatten(), "preset": args.preset, "data": args.data},
-        tags={"preset": args.preset, "data": args.data}, uri=uri, log_every=train_cfg.log_every,
-        run_id_file=run_dir / "mlflow_run_id")
+        args.experiment, name, params=run_params(run, args.preset, args.data), tags={"preset": args.preset,
+                                                                                   "data": args.data},
+        uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
+        reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
     hooks = [checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()])
     result = train(model_cfg, train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:

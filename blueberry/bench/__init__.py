@@ -1,0 +1,1 @@
+"""Benchmarks whose figures go into docs/benchmarks.md, each runnable with `python -m`."""
