@@ -102,7 +102,8 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         tokens = x.reshape(B * T, C)  # (N, C)
-        probs = self.router(tokens).float().softmax(dim=-1)  # (N, E)
+        logits = self.router(tokens)  # (N, E); softmax in at least float32, even under bf16 autocast
+        probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
         out = torch.zeros_like(tokens)

@@ -77,6 +77,21 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def find_run(mlflow_client: Any, experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The id of the run carrying all of `tags`, if there is one."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlflow_client.search_runs([experiment_id], filter_string=query, max_results=2)
+    return runs[0].info.run_id if runs else None
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative `sqlite:///file.db` made absolute, so processes in other directories find the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def flat_params(params: dict[str, Any]) -> dict[str, str]:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:MAX_PARAM_CHARS] for k, v in params.items()}
 
@@ -90,18 +105,29 @@ class MlflowTracker(Hook):
 
     def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
                  uri: str | None = None, log_every: int = 10, parent_run_id: str | None = None,
-                 run_id_file: Path | None = None, reference_loss: tuple[float, str] | None = None) -> None:
+                 run_id_file: Path | None = None, reference_loss: tuple[float, str] | None = None,
+                 identity: dict[str, str] | None = None) -> None:
         self.client = client(uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         self.run_name, self.params, self.tags = run_name, params, dict(tags or {})
         self.log_every, self.parent_run_id, self.run_id_file = log_every, parent_run_id, run_id_file
         self.reference_loss = reference_loss  # (value, label): a horizontal line on the loss curve
+        self.identity = dict(identity or {})  # tags that name this run uniquely, so a restart finds it
         self.run_id: str | None = None
 
-    def _start_or_resume_run(self) -> str:
+    def _existing_run(self) -> str | None:
+        """The run this tracker resumes: named by the run id file, or found by `identity` tags."""
         if self.run_id_file is not None and self.run_id_file.is_file():
             return self.run_id_file.read_text().strip()
-        tags = dict(self.tags)
+        if self.identity:
+            return find_run(self.client, self.experiment_id, self.identity)
+        return None
+
+    def _start_or_resume_run(self) -> str:
+        existing = self._existing_run()
+        if existing is not None:
+            return existing
+        tags = {**self.tags, **self.identity}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
@@ -113,7 +139,7 @@ class MlflowTracker(Hook):
     def on_start(self, state: Any) -> None:
         from mlflow.entities import Param, RunTag
 
-        resuming = self.run_id_file is not None and self.run_id_file.is_file()
+        resuming = self._existing_run() is not None
         self.run_id = self._start_or_resume_run()
         tags = {"device": device_name(state.device), **({"git_commit": c} if (c := git_commit()) else {})}
         params = [] if resuming else [Param(k, v) for k, v in flat_params(self.params).items()]

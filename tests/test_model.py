@@ -9,6 +9,11 @@ from blueberry.config import ModelConfig, preset
 from blueberry.model import Attention, Blueberry, MoE, apply_rotary, count_params, flops_per_token, rotary_tables
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
 def test_forward_shapes_and_loss_at_init():
     cfg = preset("tiny")
     model = Blueberry(cfg)

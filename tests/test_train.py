@@ -3,6 +3,8 @@ accumulates gradients equivalently to a larger batch."""
 
 import dataclasses
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -120,8 +122,11 @@ def test_compile_warmup_is_untimed_and_leaves_training_unchanged(tiny_model, bui
     cfg = replace(quick_train, eval_every=0)
     train(tiny_model, cfg, builtin_data, [eager])
     result = train(tiny_model, replace(cfg, compile=True), builtin_data, [compiled])
-    # Compilation (tens of seconds on CPU) is setup, not active training time.
-    assert result.setup_time_s > 5 * result.active_time_s
+    # Compilation happened in the untimed warm-up: the first timed step is an ordinary step, not one
+    # carrying seconds of compilation (whether Inductor's on-disk cache was warm or cold).
+    step_times = np.diff([0.0] + [s.active_time_s for s in compiled.steps])
+    assert step_times[0] < 3 * np.median(step_times[1:])
+    assert result.setup_time_s > step_times[0]
     # The warm-up took no optimizer step and consumed no data: the same trajectory, to kernel rounding.
     for a, b in zip(eager.steps, compiled.steps):
         assert a.loss == pytest.approx(b.loss, rel=1e-4)

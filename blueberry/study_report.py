@@ -1,0 +1,146 @@
+"""A study's summary, written by the driver: each trial's final status in MLflow, and the parent run's
+trials.csv, best_config.json and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from blueberry.config import RunConfig  # noqa: E402
+from blueberry.sweep import STATUS_TAG, STUDY_TAG, TRIAL_TAG, SweepConfig, apply_params  # noqa: E402
+from blueberry.tracking import find_run  # noqa: E402
+
+# Tune's outcome -> (our status tag, MLflow run status)
+STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+
+
+def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
+    if error is not None:
+        return "failed"
+    if metrics.get("diverged"):
+        return "diverged"
+    return "finished" if metrics.get("done") else "stopped_early"
+
+
+def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, budget: int) -> list[dict[str, Any]]:
+    """One row per trial; each trial's MLflow run gets its final status (trials ASHA stopped cannot
+    close their own runs: Tune ends them mid-step)."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        status = trial_status(metrics, result.error)
+        run_id = find_run(client, experiment_id, {STUDY_TAG: study, TRIAL_TAG: trial_id})
+        if run_id is not None:
+            client.set_tag(run_id, STATUS_TAG, status)
+            client.set_tag(run_id, "tune_trial_id", trial_id)
+            client.set_terminated(run_id, status=STATUSES[status])
+        rows.append({"trial_id": trial_id, "mlflow_run_id": run_id, "status": status,
+                     **{k: v for k, v in sorted((result.config or {}).items())},
+                     "val_loss": metrics.get("val_loss", math.nan), "tokens": metrics.get("tokens", 0),
+                     "target_tokens": metrics.get("target_tokens", math.nan)})
+    return rows
+
+
+def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The best trial that ran its whole budget; failing that, the best that did not fail."""
+    for allowed in (("finished",), ("finished", "stopped_early", "diverged")):
+        candidates = [r for r in rows if r["status"] in allowed and math.isfinite(r[metric])]
+        if candidates:
+            return min(candidates, key=lambda r: r[metric])
+    return None
+
+
+def _searched_keys(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for r in rows for k in r if k.startswith(("model.", "train."))})
+
+
+def _plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    keys = _searched_keys(rows)
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5 * max(1, len(keys)), 4), dpi=100, squeeze=False)
+    colors = {"finished": "tab:blue", "stopped_early": "tab:gray", "diverged": "tab:red", "failed": "black"}
+    for ax, key in zip(axes[0], keys):
+        for status, color in colors.items():
+            points = [(r[key], r[metric]) for r in rows if r["status"] == status and key in r
+                      and math.isfinite(r[metric]) and r.get("diverged", 0) == 0]
+            if points:
+                if isinstance(points[0][0], str):
+                    points = [(str(x), y) for x, y in points]
+                ax.scatter(*zip(*points), color=color, label=status.replace("_", " "), s=25)
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if values and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for row in rows:
+        if row["mlflow_run_id"] is None:
+            continue
+        history = sorted(client.get_metric_history(row["mlflow_run_id"], "val/loss"), key=lambda m: m.step)
+        tokens = {m.step: m.value for m in client.get_metric_history(row["mlflow_run_id"], "val/tokens")}
+        points = [(tokens.get(m.step, math.nan), m.value) for m in history if m.value < 50]
+        if points:
+            style = "-" if row["status"] == "finished" else ":"
+            ax.plot(*zip(*points), style, marker=".", label=f"{row['trial_id']} ({row['status']})")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("validation loss")
+    ax.set_title("learning curves (dotted: stopped early or diverged)")
+    ax.grid(alpha=0.3)
+    if len(rows) <= 16:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], cfg: SweepConfig,
+                  base: RunConfig) -> dict[str, Any] | None:
+    """trials.csv, best_config.json and two plots on the parent run; best metrics as its metrics."""
+    from mlflow.entities import Metric, Param
+
+    best = best_row(rows, cfg.metric)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("trial_id", "status"), k))
+        with open(tmp_path / "trials.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        artifacts = [tmp_path / "trials.csv", _plot_params(rows, cfg.metric, tmp_path / "loss_vs_params.png"),
+                     _plot_curves(client, rows, tmp_path / "learning_curves.png")]
+        if best is not None:
+            params = {k: v for k, v in best.items() if k.startswith(("model.", "train."))}
+            run = apply_params(base, params)
+            (tmp_path / "best_config.json").write_text(json.dumps(
+                {"trial_id": best["trial_id"], cfg.metric: best[cfg.metric], "params": params,
+                 "config": json.loads(run.to_json())}, indent=2))
+            artifacts.append(tmp_path / "best_config.json")
+        for artifact in artifacts:
+            client.log_artifact(parent_run_id, str(artifact))
+    counts = {status: sum(r["status"] == status for r in rows) for status in STATUSES}
+    metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
+    if best is not None:
+        metrics[f"best_{cfg.metric}"] = float(best[cfg.metric])
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                     params=[Param(k, str(v)) for k, v in {"preset": cfg.preset, "metric": cfg.metric,
+                                                           "data": cfg.data}.items()])
+    return best

@@ -1,0 +1,295 @@
+"""Sweeps: Ray Tune + Optuna (TPE) + ASHA over Blueberry runs, every trial tracked in MLflow.
+
+`run_sweep(cfg)` runs a study:
+- token data goes into the object store once (`pipelines.share`) and reaches every trial zero-copy
+  through `tune.with_parameters`;
+- each trial is `blueberry.train.train` with two hooks: `TuneReport` (reports to Tune at every
+  evaluation with a checkpoint, and restores from Tune's checkpoint when a trial is retried) and an
+  MLflow tracker logging a child run under the study's parent run, from inside the trial, so it works
+  on remote nodes against a tracking server;
+- Optuna's TPE (seeded) proposes configurations, the record configuration first; ASHA stops weak
+  trials early by **tokens seen**; a diverged trial reports a large finite loss and `diverged = 1`;
+- the study's name is its resume key: running it again restores the Tuner (with the searcher's
+  state), keeps finished trials, retries errored ones, and finds each trial's MLflow run again
+  instead of creating a second;
+- the driver closes the runs of trials ASHA stopped, and writes the parent run's summary: trials.csv,
+  best_config.json, loss-vs-parameter plots and all learning curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blueberry.checkpoint import load_checkpoint, save_checkpoint
+from blueberry.config import ModelConfig, RunConfig, TrainConfig, replace
+from blueberry.errors import UserError
+from blueberry.hooks import EvalInfo, Hook, RunResult
+from blueberry.model import count_params
+
+DIVERGED_LOSS = 100.0  # what a diverged trial reports: far worse than any real loss, but finite for TPE
+STUDY_TAG, TRIAL_TAG, KIND_TAG, STATUS_TAG = "blueberry.study", "blueberry.trial_id", "blueberry.kind", "status"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A study: what to vary, around what, judged by what, with how much."""
+
+    experiment: str  # one MLflow experiment per study (lr_sweep, batch_sweep, ...)
+    name: str  # this execution's name: the resume key and the parent run's name
+    preset: str
+    base: RunConfig
+    space: Callable[[Any], dict[str, Any] | None] | None  # Optuna define-by-run, on dotted field names
+    baseline: dict[str, Any] = field(default_factory=dict)  # the record point, evaluated first
+    grid: dict[str, list[Any]] | None = None  # instead of a search: every value of each key, no ASHA
+    metric: str = "val_loss"  # or "target_tokens" for speedrun studies
+    trials: int = 8
+    data: str = "builtin"
+    storage: str | None = None  # Ray storage path or URI (shared on multi-node); default ~/ray_results
+    tracking_uri: str | None = None
+    gpus_per_trial: float | None = None  # None: 1 on a GPU cluster, 0 otherwise
+    cpus_per_trial: float | None = None  # None: the cluster's CPUs per GPU, or 1 on a CPU-only cluster
+    max_concurrent_trials: int | None = None  # None: what the cluster can hold
+    grace_fraction: float = 0.25  # ASHA's first rung, as a fraction of the token budget
+    reduction_factor: float = 2.0
+    evals_per_trial: int = 8
+    max_failures: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.space is None) == (self.grid is None):  # noqa: SIM  (exactly one of the two)
+            raise UserError("a study needs exactly one of a search space or a grid")
+        if self.trials < 1:
+            raise UserError(f"--trials must be at least 1, got {self.trials}")
+        if self.metric not in ("val_loss", "target_tokens"):
+            raise UserError(f"metric must be val_loss or target_tokens, got {self.metric!r}")
+        if self.metric == "target_tokens" and self.base.train.target_train_loss is None:
+            raise UserError("a tokens-to-target study needs --target-train-loss")
+
+
+def apply_params(base: RunConfig, params: dict[str, Any]) -> RunConfig:
+    """`base` with dotted overrides: {"train.muon_lr": 0.01, "model.n_layers": 8}."""
+    model, train = {}, {}
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        if section not in ("model", "train") or not name:
+            raise UserError(f"search parameter {key!r} must be model.<field> or train.<field>")
+        (model if section == "model" else train)[name] = value
+    return RunConfig(replace(base.model, **model), replace(base.train, **train))
+
+
+def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int) -> dict[str, float]:
+    """What a trial reports to Tune: the loss (or tokens to target), tokens seen, divergence."""
+    if result is not None and result.diverged:
+        return {"val_loss": DIVERGED_LOSS, "target_tokens": 2.0 * budget, "tokens": result.tokens, "diverged": 1.0}
+    loss = result.val.loss if result is not None and result.val is not None else info.loss if info else math.nan
+    tokens = result.tokens if result is not None else info.tokens if info else 0
+    out = {"val_loss": loss, "tokens": float(tokens), "diverged": 0.0}
+    if result is not None:
+        out["target_tokens"] = float(result.target_tokens) if result.target_tokens else 2.0 * budget
+        out["done"] = 1.0
+        out["tokens_per_s"] = result.tokens_per_s
+    return out
+
+
+class TuneReport(Hook):
+    """Reports each evaluation to Tune with a checkpoint; restores from Tune's checkpoint on a retry."""
+
+    CHECKPOINT_FILE = "state.pt"
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.resumed_step = 0
+
+    def on_start(self, state: Any) -> None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                load_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
+            self.resumed_step = state.step
+
+    def on_eval(self, info: EvalInfo, state: Any) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
+            tune.report(trial_metrics(info, None, self.budget), checkpoint=tune.Checkpoint.from_directory(directory))
+
+    def on_end(self, result: RunResult, state: Any) -> None:
+        from ray import tune
+
+        tune.report(trial_metrics(None, result, self.budget))
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its params; passed once with `tune.with_parameters`."""
+
+    base: RunConfig
+    preset: str
+    experiment: str
+    study: str
+    parent_run_id: str
+    tracking_uri: str
+    threads: int
+
+
+def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
+    """The Tune trainable: one Blueberry run with Tune reporting and an MLflow child run."""
+    import torch
+    from ray import tune
+
+    from blueberry.tracking import MlflowTracker
+    from blueberry.train import train
+
+    torch.set_num_threads(context.threads)
+    run = apply_params(context.base, params)
+    trial_id = tune.get_context().get_trial_id()
+    budget = run.train.total_steps(run.model.seq_len) * run.train.tokens_per_step(run.model.seq_len)
+    counts = count_params(run.model)
+    tracker = MlflowTracker(
+        context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
+        params={**run.flatten(), "preset": context.preset, "N": counts.total, "N_non_embedding": counts.non_embedding,
+                "D": budget, "batch_tokens": run.train.tokens_per_step(run.model.seq_len),
+                **{f"search.{k}": v for k, v in params.items()}},
+        tags={STUDY_TAG: context.study, KIND_TAG: "trial"}, parent_run_id=context.parent_run_id,
+        identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
+    train(run.model, run.train, data.open(), [TuneReport(budget), tracker])
+
+
+def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
+    """Per-trial resources and how many trials run at once, from the cluster unless given."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus_available, cpus_available = total.get("GPU", 0.0), total.get("CPU", 1.0)
+    gpus = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1.0 if gpus_available >= 1 else 0.0)
+    if cfg.cpus_per_trial is not None:
+        cpus = cfg.cpus_per_trial
+    else:
+        cpus = max(1.0, math.floor(cpus_available / gpus_available)) if gpus else 1.0
+    if gpus > gpus_available or cpus > cpus_available:
+        raise UserError(f"a trial asks for {gpus:g} GPU and {cpus:g} CPU but the cluster has {gpus_available:g} GPU "
+                        f"and {cpus_available:g} CPU: lower --gpus-per-trial / --cpus-per-trial")
+    fits = [int(cpus_available // cpus)] + ([int(gpus_available // gpus)] if gpus else [])
+    concurrent = cfg.max_concurrent_trials or max(1, min(fits))
+    return ({"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}), concurrent
+
+
+def _study_base(cfg: SweepConfig) -> RunConfig:
+    """The base config with evaluations spread over the budget, so ASHA has rungs to compare at."""
+    steps = cfg.base.train.total_steps(cfg.base.model.seq_len)
+    return RunConfig(cfg.base.model, replace(cfg.base.train, eval_every=max(1, steps // cfg.evals_per_trial),
+                                             checkpoint_every=0))
+
+
+def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig) -> str:
+    from blueberry.tracking import find_run
+
+    existing = find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "study"})
+    if existing is not None:
+        client.set_terminated(existing, status="RUNNING")
+        return existing
+    run = client.create_run(experiment_id, run_name=cfg.name,
+                            tags={STUDY_TAG: cfg.name, KIND_TAG: "study", "preset": cfg.preset})
+    client.log_batch(run.info.run_id, params=[])
+    return run.info.run_id
+
+
+def _open_data(cfg: SweepConfig, model: ModelConfig) -> Any:
+    from blueberry.data import TokenShards
+    from pipelines.share import share
+
+    if cfg.data == "builtin":
+        from pipelines.builtin_data import builtin_data_dir
+
+        data = TokenShards.open(builtin_data_dir(model.seq_len, progress=False))
+    else:
+        data = TokenShards.open(cfg.data)
+    data.check_fits(model)
+    return share(data)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    experiment_id: str
+    parent_run_id: str
+    trials: list[dict[str, Any]]  # one row per trial: id, params, metrics, status, MLflow run id
+    best: dict[str, Any] | None
+    storage_path: str
+    tracking_uri: str
+
+
+def run_sweep(cfg: SweepConfig) -> SweepResult:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from blueberry.tracking import absolute_uri, client, ensure_experiment, tracking_uri
+
+    uri = absolute_uri(tracking_uri(cfg.tracking_uri))
+    mlflow_client = client(uri)
+    experiment_id = ensure_experiment(mlflow_client, cfg.experiment)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
+    resources, concurrent = cluster_resources(cfg)
+    base = _study_base(cfg)
+    parent_run_id = _parent_run(mlflow_client, experiment_id, cfg)
+    context = TrialContext(base=base, preset=cfg.preset, experiment=cfg.experiment, study=cfg.name,
+                           parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=_open_data(cfg, base.model), context=context),
+                                    resources)
+    storage = str(Path(cfg.storage).expanduser().resolve()) if cfg.storage and "://" not in cfg.storage \
+        else cfg.storage or str(Path("~/ray_results").expanduser())
+    path = f"{storage.rstrip('/')}/{cfg.name}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=_param_space(cfg), tune_config=_tune_config(cfg, base, concurrent),
+                           run_config=tune.RunConfig(
+                               name=cfg.name, storage_path=storage, verbose=1,
+                               failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    results = tuner.fit()
+
+    from blueberry.study_report import close_trial_runs, write_summary
+
+    budget = base.train.total_steps(base.model.seq_len) * base.train.tokens_per_step(base.model.seq_len)
+    rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results, budget)
+    best = write_summary(mlflow_client, parent_run_id, rows, cfg, base)
+    mlflow_client.set_terminated(parent_run_id, status="FINISHED")
+    return SweepResult(experiment_id, parent_run_id, rows, best, path, uri)
+
+
+def _param_space(cfg: SweepConfig) -> dict[str, Any]:
+    from ray import tune
+
+    return {key: tune.grid_search(values) for key, values in cfg.grid.items()} if cfg.grid else {}
+
+
+def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    if cfg.grid is not None:
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent)
+    import optuna
+
+    budget = base.train.total_steps(base.model.seq_len) * base.train.tokens_per_step(base.model.seq_len)
+    search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode="min", seed=cfg.seed,
+                          sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                          points_to_evaluate=[cfg.baseline] if cfg.baseline else None)
+    scheduler = ASHAScheduler(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
+                              grace_period=max(1, int(cfg.grace_fraction * budget)),
+                              reduction_factor=cfg.reduction_factor)
+    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.trials,
+                           max_concurrent_trials=concurrent)

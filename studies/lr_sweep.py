@@ -1,0 +1,26 @@
+"""Which learning rates train Blueberry best under Muon + AdamW?
+
+Muon's LR (hidden matrices) and AdamW's LR (embeddings, norms) are searched together on a log scale
+with TPE, starting from the record (0.024, 0.006); ASHA stops weak trials early by tokens seen.
+
+    python studies/lr_sweep.py                     # sized to the machine
+    python studies/lr_sweep.py --smoke             # two minutes on a laptop
+    ray job submit --working-dir . -- python studies/lr_sweep.py --data data/speedrun-40m
+"""
+
+from __future__ import annotations
+
+import sys
+
+from blueberry.study_cli import run_study
+
+
+def space(trial):
+    trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
+    trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
+
+
+RECORD = {"train.muon_lr": 0.024, "train.adamw_lr": 0.006}
+
+if __name__ == "__main__":
+    sys.exit(run_study("lr_sweep", __doc__.splitlines()[0], None, space=space, baseline=RECORD))
