@@ -28,7 +28,7 @@ def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
         return "failed"
     if metrics.get("diverged"):
         return "diverged"
-    return "finished" if metrics.get("done") else "stopped_early"
+    return "finished" if metrics.get("completed") else "stopped_early"
 
 
 def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, budget: int) -> list[dict[str, Any]]:

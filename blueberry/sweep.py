@@ -93,7 +93,7 @@ def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int) 
     out = {"val_loss": loss, "tokens": float(tokens), "diverged": 0.0}
     if result is not None:
         out["target_tokens"] = float(result.target_tokens) if result.target_tokens else 2.0 * budget
-        out["done"] = 1.0
+        out["completed"] = 1.0  # not "done": Tune sets that on every trial's last result, stopped or not
         out["tokens_per_s"] = result.tokens_per_s
     return out
 
@@ -119,14 +119,19 @@ class TuneReport(Hook):
     def on_eval(self, info: EvalInfo, state: Any) -> None:
         from ray import tune
 
+        if info.tokens >= self.budget:
+            return  # the final evaluation is reported by on_end: at max_t Tune ends the trial inside report()
         with tempfile.TemporaryDirectory() as directory:
             save_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
-            tune.report(trial_metrics(info, None, self.budget), checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(self._metrics(info, None), checkpoint=tune.Checkpoint.from_directory(directory))
 
     def on_end(self, result: RunResult, state: Any) -> None:
         from ray import tune
 
-        tune.report(trial_metrics(None, result, self.budget))
+        tune.report(self._metrics(None, result))
+
+    def _metrics(self, info: EvalInfo | None, result: RunResult | None) -> dict[str, float]:
+        return {**trial_metrics(info, result, self.budget), "resumed_from_step": float(self.resumed_step)}
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,9 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
                 **{f"search.{k}": v for k, v in params.items()}},
         tags={STUDY_TAG: context.study, KIND_TAG: "trial"}, parent_run_id=context.parent_run_id,
         identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
-    train(run.model, run.train, data.open(), [TuneReport(budget), tracker])
+    # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
+    # tracker had not logged by then would be lost.
+    train(run.model, run.train, data.open(), [tracker, TuneReport(budget)])
 
 
 def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
@@ -231,13 +238,15 @@ class SweepResult:
 def run_sweep(cfg: SweepConfig) -> SweepResult:
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from blueberry.tracking import absolute_uri, client, ensure_experiment, tracking_uri
 
     uri = absolute_uri(tracking_uri(cfg.tracking_uri))
     mlflow_client = client(uri)
     experiment_id = ensure_experiment(mlflow_client, cfg.experiment)
+    # Trials checkpoint at every evaluation by design (that is what lets them resume); the warning
+    # Tune prints when experiment snapshots follow each other closely is noise for short trials.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
     resources, concurrent = cluster_resources(cfg)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.builtin import builtin_corpus_hash
 from pipelines.cache import cache_dir
-from pipelines.prepare import PrepareConfig, prepare
+from pipelines.prepare import PrepareConfig, prepare, preparation_key
+from pipelines.sources import BuiltinSource
+from pipelines.tokenizer import builtin_tokenizer
 
 
 def builtin_data_dir(seq_len: int, progress: bool = True) -> Path:
-    """A prepared directory of the built-in corpus at `seq_len`, built on first use."""
-    out = cache_dir() / "data" / f"builtin-seq{seq_len}-{builtin_corpus_hash()[:12]}"
-    prepare(PrepareConfig(source="builtin", tokenizer="builtin", seq_len=seq_len), out, progress=progress)
+    """A prepared directory of the built-in corpus at `seq_len`, built on first use. The directory is
+    named by the preparation's key, so a new corpus, tokenizer or format gets a new directory."""
+    cfg = PrepareConfig(source="builtin", tokenizer="builtin", seq_len=seq_len)
+    key = preparation_key(cfg, BuiltinSource().key, builtin_tokenizer().sha256)
+    out = cache_dir() / "data" / f"builtin-seq{seq_len}-{key[:12]}"
+    prepare(cfg, out, progress=progress)
     return out
