@@ -45,7 +45,8 @@ class SweepConfig:
     name: str  # this execution's name: the resume key and the parent run's name
     preset: str
     base: RunConfig
-    space: Callable[[Any], dict[str, Any] | None] | None  # Optuna define-by-run, on dotted field names
+    # Optuna define-by-run on dotted field names. Module-level (or a partial of one): Tune pickles it.
+    space: Callable[[Any], dict[str, Any] | None] | None
     baseline: dict[str, Any] = field(default_factory=dict)  # the record point, evaluated first
     grid: dict[str, list[Any]] | None = None  # instead of a search: every value of each key, no ASHA
     metric: str = "val_loss"  # or "target_tokens" for speedrun studies

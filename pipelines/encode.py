@@ -110,7 +110,7 @@ class RayDataEncoder:
             texts = [t for b in window for t in b]
             ds = ray.data.from_items([{"text": t, "index": i} for i, t in enumerate(texts)])
             ds = ds.map_batches(_RayTokenize, fn_constructor_args=(self.tokenizer_json,), batch_size=256,
-                                concurrency=self.workers, batch_format="numpy")
+                                compute=ray.data.ActorPoolStrategy(size=self.workers), batch_format="numpy")
             ordered: list[np.ndarray] = [np.empty(0, np.uint32)] * len(texts)
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for index, ids in zip(out["index"], out["ids"]):

@@ -9,6 +9,7 @@ the study prints the counts for every depth it tried.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from blueberry.config import preset, replace
@@ -16,10 +17,13 @@ from blueberry.model import count_params
 from blueberry.study_cli import run_study
 
 
+def space(trial, max_layers: int):
+    trial.suggest_int("model.n_layers", 1, max_layers)
+
+
 def space_for(base):
-    def space(trial):
-        trial.suggest_int("model.n_layers", 1, 2 * base.model.n_layers)
-    return space
+    # A partial of a module-level function, not a closure: Tune pickles the space with the searcher.
+    return functools.partial(space, max_layers=2 * base.model.n_layers)
 
 
 def depths(cfg, result) -> str:

@@ -1,0 +1,159 @@
+"""Sweeps on a local Ray: a study runs end to end with every trial in MLflow and ASHA stopping weak trials;
+a trial whose worker is killed resumes from its checkpoint; a driver killed mid-study resumes and
+finishes with exactly one MLflow run per trial."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from blueberry.config import RunConfig, TrainConfig, tiny
+from blueberry.sweep import KIND_TAG, STATUS_TAG, STUDY_TAG, SweepConfig, apply_params, run_sweep
+from blueberry.errors import UserError
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bad_or_good_lr(trial):
+    # Far too small a learning rate: such trials fall behind the record at the first rung, so ASHA
+    # has something to stop whatever TPE proposes.
+    trial.suggest_float("train.muon_lr", 1e-6, 1e-5, log=True)
+
+
+def smoke_config(tmp_path, name, trials=4, steps=16, concurrent=1, **kw):
+    base = RunConfig(tiny(), TrainConfig(train_tokens=steps * 4 * 256, batch_size=4, log_every=2))
+    return SweepConfig(experiment="unit_sweep", name=name, preset="tiny", base=base, space=bad_or_good_lr,
+                       baseline={"train.muon_lr": 0.024}, trials=trials, storage=str(tmp_path / "ray"),
+                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", max_concurrent_trials=concurrent,
+                       evals_per_trial=4, **kw)
+
+
+def study_runs(uri, study):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("unit_sweep")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study}'")
+    return client, [r for r in runs if r.data.tags[KIND_TAG] == "trial"], [r for r in runs
+                                                                            if r.data.tags[KIND_TAG] == "study"]
+
+
+def test_apply_params_and_bad_keys():
+    run = apply_params(RunConfig(tiny(), TrainConfig()), {"train.muon_lr": 0.01, "model.n_layers": 2})
+    assert run.train.muon_lr == 0.01 and run.model.n_layers == 2
+    with pytest.raises(UserError, match="model.<field> or train.<field>"):
+        apply_params(RunConfig(), {"lr": 0.1})
+
+
+def test_smoke_study_end_to_end_and_resume(ray_local, tmp_path):
+    cfg = smoke_config(tmp_path, "smoke")
+    result = run_sweep(cfg)
+    client, trials, parents = study_runs(result.tracking_uri, "smoke")
+    assert len(result.trials) == 4 and len(trials) == 4 and len(parents) == 1
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        assert "train.muon_lr" in run.data.params and run.data.params["N"] == "1770880"
+        assert "val/loss" in run.data.metrics and run.data.tags[STATUS_TAG] in ("finished", "stopped_early")
+    statuses = [r["status"] for r in result.trials]
+    assert "stopped_early" in statuses  # ASHA cut at least one trial short
+    stopped = [r for r in result.trials if r["status"] == "stopped_early"]
+    assert all(r["tokens"] < 16 * 4 * 256 for r in stopped)
+    assert result.best["train.muon_lr"] == 0.024  # the record beats learning rates 1000x too small
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert artifacts == {"trials.csv", "best_config.json", "loss_vs_params.png", "learning_curves.png"}
+
+    again = run_sweep(cfg)  # the same name: nothing is re-run or recorded twice
+    _, trials_after, parents_after = study_runs(result.tracking_uri, "smoke")
+    assert again.parent_run_id == result.parent_run_id
+    assert sorted(r.info.run_id for r in trials_after) == sorted(r.info.run_id for r in trials)
+    assert len(parents_after) == 1
+
+
+def explosive(trial):
+    trial.suggest_float("train.adamw_lr", 50.0, 100.0)
+
+
+def test_diverged_trial_is_reported_and_the_study_goes_on(ray_local, tmp_path):
+    base = RunConfig(tiny(), TrainConfig(train_tokens=12 * 4 * 256, batch_size=4, muon_lr=50.0, grad_clip=0.0,
+                                         warmup_frac=0.0))
+    cfg = SweepConfig(experiment="unit_sweep", name="diverge", preset="tiny", base=base, space=explosive, trials=2,
+                      storage=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                      max_concurrent_trials=1, evals_per_trial=3)
+    result = run_sweep(cfg)
+    assert [r["status"] for r in result.trials] == ["diverged", "diverged"]
+    assert all(r["val_loss"] == 100.0 and math.isfinite(r["val_loss"]) for r in result.trials)
+
+
+def test_killed_trial_worker_resumes_from_its_checkpoint(ray_local, tmp_path):
+    import psutil
+
+    cfg = smoke_config(tmp_path, "killed-worker", trials=1, steps=48)
+    outcome = {}
+    driver = threading.Thread(target=lambda: outcome.setdefault("result", run_sweep(cfg)))
+    driver.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "ray").glob("killed-worker/*/checkpoint_000001")):
+        time.sleep(0.2)
+    # Tune's function trainables run in actors whose process title names the class.
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "ImplicitFunc" in " ".join(p.info["cmdline"] or [])]
+    assert workers, "no trial worker to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    driver.join(timeout=300)
+    result = outcome["result"]
+    (row,) = result.trials
+    assert row["status"] == "finished" and row["tokens"] == 48 * 4 * 256
+    _, trials, _ = study_runs(result.tracking_uri, "killed-worker")
+    assert len(trials) == 1  # the retried trial logged into its original MLflow run
+    client = MlflowClient(result.tracking_uri)
+    assert client.get_run(trials[0].info.run_id).data.metrics["final/steps"] == 48
+    tune_metrics = [m for m in client.get_metric_history(trials[0].info.run_id, "train/loss")]
+    assert len({m.step for m in tune_metrics}) == 24  # every logged step is there, from both attempts
+    assert row_resumed(result) > 0
+
+
+def row_resumed(result):
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(result.storage_path)
+    (trial,) = analysis.trials
+    return trial.last_result["resumed_from_step"]
+
+
+def test_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = [sys.executable, str(REPO / "studies" / "lr_sweep.py"), "--smoke", "--name", "driver-kill",
+            "--storage", str(tmp_path / "ray"), "--tracking-uri", uri, "--trials", "3", "--max-concurrent", "1", "--train-tokens", "16384"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    finished = 0
+    while time.time() < deadline and finished < 1 and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name("lr_sweep")
+            if experiment is not None:
+                finished = len(client.search_runs([experiment.experiment_id],
+                                                  filter_string="attributes.status = 'FINISHED'"))
+        except Exception:  # the database is being created by the driver
+            continue
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    subprocess.run(argv, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=400)
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("lr_sweep")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`blueberry.study` = 'driver-kill'")
+    trials = [r for r in runs if r.data.tags[KIND_TAG] == "trial"]
+    assert len([r for r in runs if r.data.tags[KIND_TAG] == "study"]) == 1
+    assert len(trials) == 3 and len({r.data.tags["blueberry.trial_id"] for r in trials}) == 3
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
