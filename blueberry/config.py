@@ -107,6 +107,7 @@ class TrainConfig:
     decay_frac: float = 0.2  # warmup-stable-decay: the final fraction of steps spent decaying
     min_lr_frac: float = 0.1  # the schedule's floor as a fraction of the peak LR
     eval_every: int = 100  # optimizer steps between validations; 0 validates only at the end
+    eval_at_tokens: tuple[int, ...] = ()  # also validate at the first step past each of these token counts
     eval_tokens: int = 262_144  # validation tokens per evaluation
     log_every: int = 10
     target_train_loss: float | None = None  # stop once the smoothed train loss reaches this
@@ -141,21 +142,23 @@ class TrainConfig:
         _require(self.warmup_frac + (self.decay_frac if self.schedule == "wsd" else 0) <= 1,
                  "warmup_frac + decay_frac must not exceed 1")
         _require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        _require(all(t > 0 for t in self.eval_at_tokens), "eval_at_tokens must be positive token counts")
         _require(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         _require(0 <= self.loss_smoothing < 1, f"loss_smoothing must be in [0, 1), got {self.loss_smoothing}")
         _require(self.compile_warmup_steps >= 0, "compile_warmup_steps must be >= 0")
         if self.target_train_loss is not None:
             _require_positive(target_train_loss=self.target_train_loss)
 
-    def tokens_per_step(self, seq_len: int) -> int:
-        """Tokens (prediction targets) consumed by one optimizer step."""
-        return self.batch_size * self.grad_accum_steps * seq_len
+    def tokens_per_step(self, seq_len: int, world_size: int = 1) -> int:
+        """Tokens (prediction targets) one optimizer step consumes across `world_size` data-parallel ranks."""
+        return self.batch_size * self.grad_accum_steps * seq_len * world_size
 
-    def total_steps(self, seq_len: int) -> int:
+    def total_steps(self, seq_len: int, world_size: int = 1) -> int:
         """Optimizer steps in the budget, rounded down: the last partial step is not taken."""
-        steps = self.train_tokens // self.tokens_per_step(seq_len)
-        _require(steps >= 1, f"train_tokens={self.train_tokens} is smaller than one step "
-                             f"({self.tokens_per_step(seq_len)} tokens): raise it or shrink the batch")
+        per_step = self.tokens_per_step(seq_len, world_size)
+        steps = self.train_tokens // per_step
+        _require(steps >= 1, f"train_tokens={self.train_tokens} is smaller than one step ({per_step} tokens): "
+                             "raise it or shrink the batch")
         return steps
 
 

@@ -241,17 +241,21 @@ class TokenShards:
         p = counts[counts > 0] / counts.sum()
         return float(-(p * np.log(p)).sum())
 
-    def train_stream(self, batch_size: int, seed: int, position: int = 0) -> TrainStream:
-        return TrainStream(self.rows["train"], batch_size, seed, position)
+    def train_stream(self, batch_size: int, seed: int, position: int = 0, rank: int = 0,
+                     world_size: int = 1) -> TrainStream:
+        return TrainStream(self.rows["train"], batch_size, seed, position, rank, world_size)
 
-    def val_batches(self, batch_size: int, max_tokens: int) -> Iterator[torch.Tensor]:
-        """The first `max_tokens // seq_len` validation rows (all of them if fewer), in order."""
+    def val_batches(self, batch_size: int, max_tokens: int, rank: int = 0,
+                    world_size: int = 1) -> Iterator[torch.Tensor]:
+        """The first `max_tokens // seq_len` validation rows (all of them if fewer), in order; with
+        several ranks, rank r takes rows r, r + world_size, ... so together they cover each row once."""
         store = self.rows.get("val")
         if store is None or not len(store):
             return
         n = min(len(store), max(1, max_tokens // self.seq_len))
-        for start in range(0, n, batch_size):
-            rows = np.arange(start, min(n, start + batch_size))
+        mine = np.arange(rank, n, world_size)
+        for start in range(0, len(mine), batch_size):
+            rows = mine[start:start + batch_size]
             yield torch.from_numpy(store.gather(rows, np.empty((len(rows), self.manifest.row_len), np.int64)))
 
 
@@ -260,10 +264,15 @@ class TrainStream:
 
     The whole state is `position`, the number of rows served so far, so checkpointing it and
     building a new stream with the same seed and position continues exactly where this one was.
+    With `world_size` ranks, each step serves a global batch of batch_size x world_size rows and
+    rank r takes the r-th slice of it: the ranks together see exactly what one process with the
+    global batch would, and `position` is the same on every rank.
     """
 
-    def __init__(self, store: RowStore, batch_size: int, seed: int, position: int = 0) -> None:
+    def __init__(self, store: RowStore, batch_size: int, seed: int, position: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.store, self.batch_size, self.seed, self.position = store, batch_size, seed, position
+        self.rank, self.world_size = rank, world_size
         self._epoch, self._order = -1, np.empty(0, np.int64)
         self._buffer = np.empty((batch_size, store.arrays[0].shape[1]), np.int64)
 
@@ -282,13 +291,17 @@ class TrainStream:
             out[mask] = self._order_for(int(epoch))[positions[mask] % n]
         return out
 
+    def _my_rows(self) -> np.ndarray:
+        start = self.position + self.rank * self.batch_size
+        return self._rows(start, self.batch_size)
+
     def peek(self) -> torch.Tensor:
         """The next batch without advancing (compile warm-up uses it)."""
-        return torch.from_numpy(self.store.gather(self._rows(self.position, self.batch_size), self._buffer.copy()))
+        return torch.from_numpy(self.store.gather(self._my_rows(), self._buffer.copy()))
 
     def next(self) -> torch.Tensor:
-        """The next (batch_size, seq_len + 1) int64 batch. The tensor shares its buffer with the stream:
-        it is overwritten by the following call, so move it to the device (or copy it) before then."""
-        rows = self._rows(self.position, self.batch_size)
-        self.position += self.batch_size
+        """This rank's next (batch_size, seq_len + 1) int64 batch. The tensor shares its buffer with the
+        stream: it is overwritten by the following call, so move it to the device (or copy it) first."""
+        rows = self._my_rows()
+        self.position += self.batch_size * self.world_size
         return torch.from_numpy(self.store.gather(rows, self._buffer))

@@ -106,13 +106,14 @@ class MlflowTracker(Hook):
     def __init__(self, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None,
                  uri: str | None = None, log_every: int = 10, parent_run_id: str | None = None,
                  run_id_file: Path | None = None, reference_loss: tuple[float, str] | None = None,
-                 identity: dict[str, str] | None = None) -> None:
+                 identity: dict[str, str] | None = None, workers: int = 1) -> None:
         self.client = client(uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         self.run_name, self.params, self.tags = run_name, params, dict(tags or {})
         self.log_every, self.parent_run_id, self.run_id_file = log_every, parent_run_id, run_id_file
         self.reference_loss = reference_loss  # (value, label): a horizontal line on the loss curve
         self.identity = dict(identity or {})  # tags that name this run uniquely, so a restart finds it
+        self.workers = workers  # data-parallel processes: throughput is also logged per worker
         self.run_id: str | None = None
 
     def _existing_run(self) -> str | None:
@@ -160,6 +161,8 @@ class MlflowTracker(Hook):
         metrics |= {f"train/lr_group{i}": g["lr"] for i, g in enumerate(state.optimizer.param_groups)}
         if info.mfu is not None:
             metrics["train/mfu"] = info.mfu
+        if self.workers > 1:
+            metrics["train/tokens_per_s_per_worker"] = info.tokens_per_s / self.workers
         self._log(metrics, info.step)
 
     def on_eval(self, info: EvalInfo, state: Any) -> None:
@@ -178,7 +181,7 @@ class MlflowTracker(Hook):
 
     def _draw_loss_curve(self, path: Path, state: Any) -> Path:
         """From the run's logged history, so a resumed run's curve includes what came before the resume."""
-        tokens_per_step = state.run.train.tokens_per_step(state.run.model.seq_len)
+        tokens_per_step = state.tokens_per_step
 
         def points(key: str) -> list[tuple[float, float]]:
             history = sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)

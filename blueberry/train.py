@@ -25,14 +25,17 @@ from blueberry.hardware import peak_flops, resolve_device
 from blueberry.hooks import EvalInfo, Hook, Hooks, RunResult, StepInfo
 from blueberry.model import Blueberry, count_params, flops_per_token
 from blueberry.optim import OptimizerSet, build_optimizer, lr_multiplier
+from blueberry.parallel import SINGLE_PROCESS, DataParallel
 
 
 class TrainState:
     """Everything that changes during training; `state_dict()` is a complete checkpoint."""
 
     def __init__(self, run: RunConfig, model: Blueberry, optimizer: OptimizerSet, stream: TrainStream,
-                 device: torch.device) -> None:
+                 device: torch.device, parallel: DataParallel = SINGLE_PROCESS) -> None:
         self.run, self.model, self.optimizer, self.stream, self.device = run, model, optimizer, stream, device
+        self.parallel = parallel
+        self.tokens_per_step = run.train.tokens_per_step(run.model.seq_len, parallel.world_size)
         self.step = 0
         self.tokens = 0
         self.loss_ema = 0.0
@@ -83,14 +86,15 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TokenShards, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
-    """Mean next-token loss and accuracy over the fixed validation rows."""
+def evaluate(model: torch.nn.Module, data: TokenShards, cfg: TrainConfig, device: torch.device,
+             parallel: DataParallel = SINGLE_PROCESS) -> tuple[float, float]:
+    """Mean next-token loss and accuracy over the fixed validation rows (split across ranks, summed)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    for batch in data.val_batches(cfg.batch_size, cfg.eval_tokens):
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    for batch in data.val_batches(cfg.batch_size, cfg.eval_tokens, parallel.rank, parallel.world_size):
         batch = batch.to(device, non_blocking=True)
         inputs, targets = batch[:, :-1], batch[:, 1:]
         with _autocast(device, cfg.precision):
@@ -99,29 +103,35 @@ def evaluate(model: torch.nn.Module, data: TokenShards, cfg: TrainConfig, device
         correct += (out.logits.argmax(dim=-1) == targets).sum()
         count += targets.numel()
     model.train(was_training)
-    if count == 0:
+    loss_sum, correct, count = parallel.sum(loss_sum), parallel.sum(correct), parallel.sum(count)
+    if count.item() == 0:
         return math.nan, math.nan
-    return (loss_sum / count).item(), correct.item() / count
+    return (loss_sum / count).item(), correct.item() / count.item()
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenShards,
-          hooks: Hook | list[Hook] | tuple[Hook, ...] = ()) -> RunResult:
-    """Train a Blueberry model on `data` as `train_cfg` says; hooks observe (and may checkpoint)."""
+          hooks: Hook | list[Hook] | tuple[Hook, ...] = (), parallel: DataParallel = SINGLE_PROCESS) -> RunResult:
+    """Train a Blueberry model on `data` as `train_cfg` says; hooks observe (and may checkpoint).
+
+    With `parallel` describing several data-parallel processes, call it on every rank with the same
+    configs and data: `train_cfg.batch_size` is per rank, and the token budget is global."""
     hooks = hooks if isinstance(hooks, Hook) else Hooks(hooks)
     setup_start = time.perf_counter()
     data.check_fits(model_cfg)
     device = resolve_device(train_cfg.device)
-    total_steps = train_cfg.total_steps(model_cfg.seq_len)
-    tokens_per_step = train_cfg.tokens_per_step(model_cfg.seq_len)
+    total_steps = train_cfg.total_steps(model_cfg.seq_len, parallel.world_size)
 
     torch.manual_seed(train_cfg.seed)
     model = Blueberry(model_cfg).to(device)
     optimizer = build_optimizer(model, train_cfg, device)
-    stream = data.train_stream(train_cfg.batch_size, train_cfg.seed)
-    state = TrainState(RunConfig(model_cfg, train_cfg), model, optimizer, stream, device)
+    stream = data.train_stream(train_cfg.batch_size, train_cfg.seed, rank=parallel.rank,
+                               world_size=parallel.world_size)
+    state = TrainState(RunConfig(model_cfg, train_cfg), model, optimizer, stream, device, parallel)
+    tokens_per_step = state.tokens_per_step
     hooks.on_start(state)
 
-    step_model = torch.compile(model) if train_cfg.compile else model
+    step_model = parallel.wrap(model, device)
+    step_model = torch.compile(step_model) if train_cfg.compile else step_model
     autocast = _autocast(device, train_cfg.precision)
     if train_cfg.compile:
         _compile_warmup(step_model, stream, train_cfg, device)
@@ -134,7 +144,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenShards,
 
     def run_eval() -> EvalInfo:
         start = time.perf_counter()
-        loss, accuracy = evaluate(model, data, train_cfg, device)
+        loss, accuracy = evaluate(model, data, train_cfg, device, parallel)
         state.eval_time_s += time.perf_counter() - start
         info = EvalInfo(step=state.step, tokens=state.tokens, loss=loss, accuracy=accuracy,
                         perplexity=math.exp(min(loss, 700.0)))
@@ -159,8 +169,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenShards,
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad()
-        # .item() synchronises with the GPU once a step, which also makes the wall clock honest.
-        loss = (loss_sum / train_cfg.grad_accum_steps).item()
+        # The mean over ranks, so every rank takes the same divergence and target decisions. .item()
+        # synchronises with the GPU once a step, which also makes the wall clock honest.
+        loss = parallel.mean(loss_sum / train_cfg.grad_accum_steps).item()
         state.active_time_s += time.perf_counter() - started
         state.step += 1
         state.tokens += tokens_per_step
@@ -178,7 +189,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenShards,
         if target is not None and state.target_tokens is None and state.smoothed_loss <= target:
             state.target_tokens, state.target_time_s = state.tokens, state.active_time_s
             break
-        if train_cfg.eval_every and state.step % train_cfg.eval_every == 0 and state.step < total_steps:
+        periodic = train_cfg.eval_every and state.step % train_cfg.eval_every == 0
+        milestone = any(state.tokens - tokens_per_step < t <= state.tokens for t in train_cfg.eval_at_tokens)
+        if (periodic or milestone) and state.step < total_steps:
             last_eval = run_eval()
 
     if not diverged and (last_eval is None or last_eval.step != state.step):

@@ -130,3 +130,10 @@ def test_compile_warmup_is_untimed_and_leaves_training_unchanged(tiny_model, bui
     # The warm-up took no optimizer step and consumed no data: the same trajectory, to kernel rounding.
     for a, b in zip(eager.steps, compiled.steps):
         assert a.loss == pytest.approx(b.loss, rel=1e-4)
+
+
+def test_evaluations_at_token_milestones(tiny_model, builtin_data, quick_train):
+    history = History()
+    # Steps are 1,024 tokens: 2,500 is first passed at step 3, 5,000 at step 5.
+    train(tiny_model, replace(quick_train, eval_every=0, eval_at_tokens=(2_500, 5_000)), builtin_data, [history])
+    assert [e.step for e in history.evals] == [3, 5, 12]

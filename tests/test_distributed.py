@@ -1,0 +1,105 @@
+"""Ray Train: two CPU workers (gloo DDP) follow one process with the double batch; a worker killed mid-run
+is replaced from the last checkpoint and the run ends exactly where an uninterrupted one does, in one
+MLflow run; a whole job killed and started again with its name resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from blueberry.config import RunConfig, TrainConfig, tiny
+from blueberry.distributed import RUN_TAG, DistributedConfig, run_distributed
+from blueberry.hooks import History
+from blueberry.train import train
+from pipelines.share import share
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_config(steps: int, per_worker_batch: int, workers: int) -> RunConfig:
+    return RunConfig(tiny(), TrainConfig(train_tokens=steps * per_worker_batch * workers * 256,
+                                         batch_size=per_worker_batch, log_every=1, eval_every=0, eval_tokens=4096))
+
+
+def mlflow_run(uri, name):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("marathon")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{name}'")
+    return client, runs
+
+
+def test_two_workers_match_one_process_with_the_double_batch(ray_local, builtin_data, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_distributed(run_config(12, 2, 2), share(builtin_data),
+                             DistributedConfig(name="ddp", workers=2, checkpoint_every=4,
+                                               storage=str(tmp_path / "ray"), tracking_uri=uri))
+    client, (logged,) = mlflow_run(uri, "ddp")
+    ddp = [m.value for m in sorted(client.get_metric_history(logged.info.run_id, "train/loss"), key=lambda m: m.step)]
+    history = History()
+    single = run_config(12, 4, 1)
+    reference = train(single.model, single.train, builtin_data, [history])
+    assert len(ddp) == 12
+    # Same rows, same global mean: only the order of floating-point sums differs.
+    assert ddp == pytest.approx([s.loss for s in history.steps], rel=1e-5)
+    assert result.metrics["final/val_loss"] == pytest.approx(reference.val.loss, rel=1e-5)
+    assert logged.data.params["workers"] == "2" and logged.data.params["batch_tokens"] == str(4 * 256)
+    assert "train/tokens_per_s_per_worker" in logged.data.metrics
+
+
+def test_killed_worker_restarts_from_checkpoint_and_ends_like_an_uninterrupted_run(ray_local, builtin_data, tmp_path):
+    import psutil
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = run_config(30, 2, 2)
+    data = share(builtin_data)
+    clean = run_distributed(run, data, DistributedConfig(name="clean", workers=2, checkpoint_every=5,
+                                                         storage=str(tmp_path / "ray"), tracking_uri=uri))
+    outcome = {}
+    cfg = DistributedConfig(name="faulty", workers=2, checkpoint_every=5, storage=str(tmp_path / "ray"),
+                            tracking_uri=uri)
+    job = threading.Thread(target=lambda: outcome.setdefault("result", run_distributed(run, data, cfg)))
+    job.start()
+    deadline = time.time() + 120
+    # A checkpoint counts once the controller has registered it, which the next report implies: wait for two.
+    while time.time() < deadline and len(list((tmp_path / "ray" / "faulty").glob("checkpoint_*"))) < 2:
+        time.sleep(0.1)
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    assert len(workers) == 2, "expected two training workers to be running"
+    os.kill(workers[1].pid, signal.SIGKILL)
+    job.join(timeout=300)
+    result = outcome["result"]
+    assert result.metrics["resumed_from_step"] > 0  # the new worker group started from a checkpoint
+    # Restored state is exact and gloo's two-rank sums are order-independent, so the runs agree bit for bit.
+    assert result.metrics["final/train_loss"] == clean.metrics["final/train_loss"]
+    assert result.metrics["final/val_loss"] == clean.metrics["final/val_loss"]
+    _, runs = mlflow_run(uri, "faulty")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_whole_job_restart_resumes_by_name(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = [sys.executable, str(REPO / "studies" / "marathon.py"), "--smoke", "--name", "job", "--train-tokens",
+            str(60 * 4 * 2 * 256), "--checkpoint-every", "5", "--storage", str(tmp_path / "ray"),
+            "--tracking-uri", uri]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((tmp_path / "ray" / "job").glob("checkpoint_*"))) < 2 \
+            and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job ended before it could be stopped"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from step" in done.stdout
+    _, runs = mlflow_run(uri, "job")
+    assert len(runs) == 1 and runs[0].data.metrics["final/steps"] == 60
