@@ -113,6 +113,8 @@ def run_study(experiment: str, description: str, argv: Sequence[str] | None,
 
 
 def summary(cfg: Any, result: Any) -> str:
+    from blueberry.tracking import ui_link
+
     counts: dict[str, int] = {}
     for row in result.trials:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -123,7 +125,11 @@ def summary(cfg: Any, result: Any) -> str:
         lines.append(f"best         {cfg.metric} {result.best[cfg.metric]:.4f}  {json.dumps(params, default=str)}")
     lines.append(f"Ray results  {result.storage_path}  (run the same command again to resume)")
     lines.append(f"MLflow       {result.tracking_uri}, experiment {cfg.experiment!r}, parent run {result.parent_run_id}")
-    if result.tracking_uri.startswith("sqlite:"):
-        lines.append(f"see it:      mlflow ui --backend-store-uri {result.tracking_uri}")
+    link = ui_link(result.tracking_uri, result.experiment_id)
+    if link:
+        lines.append(f"see it:      {link}")
+    elif result.tracking_uri.startswith("sqlite:"):
+        lines.append(f"see it:      mlflow ui --backend-store-uri {result.tracking_uri}, then open the experiment "
+                     "(choose 'Model training' at the top left)")
     return "\n".join(lines)
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from blueberry.config import RunConfig  # noqa: E402
-from blueberry.sweep import STATUS_TAG, STUDY_TAG, TRIAL_TAG, SweepConfig, apply_params  # noqa: E402
+from blueberry.sweep import STATUS_TAG, STUDY_TAG, TRIAL_TAG, SweepConfig, apply_params, flat_overrides  # noqa: E402
 from blueberry.tracking import find_run  # noqa: E402
 
 # Tune's outcome -> (our status tag, MLflow run status)
@@ -45,7 +45,7 @@ def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, 
             client.set_tag(run_id, "tune_trial_id", trial_id)
             client.set_terminated(run_id, status=STATUSES[status])
         rows.append({"trial_id": trial_id, "mlflow_run_id": run_id, "status": status,
-                     **{k: v for k, v in sorted((result.config or {}).items())},
+                     **{k: v for k, v in sorted(flat_overrides(result.config or {}).items())},
                      "val_loss": metrics.get("val_loss", math.nan), "tokens": metrics.get("tokens", 0),
                      "target_tokens": metrics.get("target_tokens", math.nan)})
     return rows

@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 import tempfile
@@ -35,6 +35,7 @@ from blueberry.model import count_params
 
 DIVERGED_LOSS = 100.0  # what a diverged trial reports: far worse than any real loss, but finite for TPE
 STUDY_TAG, TRIAL_TAG, KIND_TAG, STATUS_TAG = "blueberry.study", "blueberry.trial_id", "blueberry.kind", "status"
+CONFIG_TAG = "blueberry.config_hash"  # the same configuration anywhere in an experiment has the same hash
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,21 @@ class SweepConfig:
             raise UserError("a tokens-to-target study needs --target-train-loss")
 
 
+def flat_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Search params as dotted overrides; a `point` param holds several at once (a grid point that
+    couples fields, like a model size with its token budget)."""
+    flat = {k: v for k, v in params.items() if k != "point"}
+    return {**flat, **params.get("point", {})}
+
+
+def config_hash(run: RunConfig) -> str:
+    return hashlib.sha256(run.to_json().encode()).hexdigest()[:16]
+
+
 def apply_params(base: RunConfig, params: dict[str, Any]) -> RunConfig:
-    """`base` with dotted overrides: {"train.muon_lr": 0.01, "model.n_layers": 8}."""
+    """`base` with dotted overrides: {"train.muon_lr": 0.01, "model.n_layers": 8} (see `flat_overrides`)."""
     model, train = {}, {}
-    for key, value in params.items():
+    for key, value in flat_overrides(params).items():
         section, _, name = key.partition(".")
         if section not in ("model", "train") or not name:
             raise UserError(f"search parameter {key!r} must be model.<field> or train.<field>")
@@ -164,9 +176,10 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     tracker = MlflowTracker(
         context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
         params={**run.flatten(), "preset": context.preset, "N": counts.total, "N_non_embedding": counts.non_embedding,
-                "D": budget, "batch_tokens": run.train.tokens_per_step(run.model.seq_len),
-                **{f"search.{k}": v for k, v in params.items()}},
-        tags={STUDY_TAG: context.study, KIND_TAG: "trial"}, parent_run_id=context.parent_run_id,
+                "D": budget, "C": 6 * counts.total * budget, "batch_tokens": run.train.tokens_per_step(run.model.seq_len),
+                **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
+        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: config_hash(run)},
+        parent_run_id=context.parent_run_id,
         identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
     # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
     # tracker had not logged by then would be lost.

@@ -69,6 +69,14 @@ def ensure_experiment(mlflow_client: Any, name: str) -> str:
     return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND_TAG)
 
 
+def ui_link(uri: str, experiment_id: str) -> str | None:
+    """The experiment's training-runs table in the MLflow UI of an HTTP tracking server. MLflow 3 opens
+    experiments in its GenAI view unless the link (or the UI's remembered toggle) asks for model training."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
