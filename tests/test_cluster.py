@@ -5,6 +5,7 @@ nothing is left running afterwards, even when a test fails."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -159,15 +160,22 @@ def chromium() -> str:
     return path
 
 
-def render(url: str, screenshot: Path) -> str:
-    """The page's DOM after its scripts ran, and a screenshot of it, from headless Chromium."""
+def render(url: str, screenshot: Path, expect: str) -> str:
+    """The page's visible text once it contains `expect` (three tries: the UI fetches its data after
+    loading), with a screenshot and the DOM kept beside each other in test-artifacts/."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={screenshot.parent / ('.chromium-' + screenshot.stem)}", "--virtual-time-budget=20000",
+             f"--user-data-dir={screenshot.parent / ('.chromium-' + screenshot.stem)}", "--virtual-time-budget=30000",
              "--window-size=1600,1000"]
-    subprocess.run([chromium(), *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-    dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    return dom.stdout
+    text = ""
+    for _ in range(3):
+        subprocess.run([chromium(), *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+        dom = subprocess.run([chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        screenshot.with_suffix(".html").write_text(dom)
+        text = " ".join(re.sub(r"<!--.*?-->|<[^>]+>", " ", dom).split())
+        if expect in text:
+            break
+    return text
 
 
 def test_mlflow_ui_shows_the_study_runs(servers, study):
@@ -177,12 +185,12 @@ def test_mlflow_ui_shows_the_study_runs(servers, study):
     ARTIFACTS.mkdir(exist_ok=True)
     # MLflow 3 opens experiments in its GenAI view unless asked for the model-training one.
     page = render(f"{mlflow_uri(servers)}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning",
-                  ARTIFACTS / "mlflow-experiment.png")
+                  ARTIFACTS / "mlflow-experiment.png", expect="cluster-smoke")
     assert (ARTIFACTS / "mlflow-experiment.png").stat().st_size > 10_000
     # The runs table: the study's parent run, with its four trials nested under it (five runs in all).
     assert "cluster-smoke" in page and "5 matching runs" in page, "the experiment page lists no runs"
     run_ids = json.dumps([r.info.run_id for r in trials])
     compare = render(f"{mlflow_uri(servers)}/#/compare-runs?runs={run_ids}&experiments=[\"{experiment.experiment_id}\"]",
-                     ARTIFACTS / "mlflow-compare-runs.png")
+                     ARTIFACTS / "mlflow-compare-runs.png", expect="Comparing 4 Runs")
     assert "Comparing 4 Runs" in compare
     assert all(r.info.run_name in compare for r in trials), "the comparison does not show every trial"

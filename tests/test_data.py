@@ -114,10 +114,16 @@ def test_missing_directory_and_unfinished_preparation(tmp_path):
         TokenShards.open(tmp_path)
 
 
-def test_corrupt_shard_fails_its_checksum(small_prep, tmp_path):
-    _, out, manifest = small_prep
+@pytest.fixture
+def prepared_copy(small_prep, tmp_path):
+    """A private copy of the prepared directory, for tests that damage it."""
     copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
+    shutil.copytree(small_prep[1], copy)
+    return copy, small_prep[2]
+
+
+def test_corrupt_shard_fails_its_checksum(prepared_copy):
+    copy, manifest = prepared_copy
     shard = copy / manifest.splits["train"].files[1].name
     raw = bytearray(shard.read_bytes())
     raw[-200] ^= 0xFF
@@ -126,10 +132,8 @@ def test_corrupt_shard_fails_its_checksum(small_prep, tmp_path):
         TokenShards.open(copy)
 
 
-def test_manifest_that_disagrees_with_the_shards(small_prep, tmp_path):
-    _, out, _ = small_prep
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
+def test_manifest_that_disagrees_with_the_shards(prepared_copy):
+    copy, _ = prepared_copy
     raw = json.loads((copy / MANIFEST_NAME).read_text())
     raw["seq_len"] = 32
     (copy / MANIFEST_NAME).write_text(json.dumps(raw))

@@ -118,8 +118,8 @@ def test_hub_tokenizer_offline_is_a_clear_error():
 
 def test_parallel_workers_write_identical_shards(tmp_path):
     config = PrepareConfig(seq_len=64, shard_tokens=64 * 200)
-    prepare(config, tmp_path / "one", workers=1, progress=False)
-    prepare(config, tmp_path / "two", workers=2, progress=False)
+    prepare(config, tmp_path / "one", workers=1, backend="local", progress=False)
+    prepare(config, tmp_path / "two", workers=2, backend="local", progress=False)
     assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
     assert len(shard_bytes(tmp_path / "one")) > 10
 
@@ -139,14 +139,14 @@ class StopAfter:
 
 def test_interrupted_preparation_resumes_to_identical_shards(tmp_path, monkeypatch):
     config = PrepareConfig(seq_len=64, shard_tokens=64 * 200)
-    prepare(config, tmp_path / "reference", progress=False)
+    prepare(config, tmp_path / "reference", backend="local", progress=False)
 
     import pipelines.builtin as builtin
 
     original = builtin.iter_builtin_documents
     monkeypatch.setattr("pipelines.sources.iter_builtin_documents", lambda: StopAfter(400)(original()))
-    with pytest.raises(KeyboardInterrupt):
-        prepare(config, tmp_path / "resumed", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # the local encoder: Ray Data would read a whole window first
+        prepare(config, tmp_path / "resumed", backend="local", progress=False)
     partial = json.loads((tmp_path / "resumed" / PARTIAL_STATE).read_text())
     assert partial["documents"] > 0 and not (tmp_path / "resumed" / MANIFEST_NAME).exists()
     with pytest.raises(DataError, match="never finished"):
@@ -154,7 +154,7 @@ def test_interrupted_preparation_resumes_to_identical_shards(tmp_path, monkeypat
 
     monkeypatch.setattr("pipelines.sources.iter_builtin_documents", original)
     written_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed").glob("*.arrow")}
-    prepare(config, tmp_path / "resumed", progress=False)
+    prepare(config, tmp_path / "resumed", backend="local", progress=False)
     assert shard_bytes(tmp_path / "resumed") == shard_bytes(tmp_path / "reference")
     kept = [n for n, t in written_before.items() if (tmp_path / "resumed" / n).stat().st_mtime_ns == t]
     assert len(kept) >= len(partial["shards"]["train"])  # finished shards were kept, not rewritten
