@@ -86,7 +86,7 @@ def test_killed_worker_restarts_from_checkpoint_and_ends_like_an_uninterrupted_r
 def test_whole_job_restart_resumes_by_name(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = [sys.executable, str(REPO / "studies" / "marathon.py"), "--smoke", "--name", "job", "--train-tokens",
-            str(60 * 4 * 2 * 256), "--checkpoint-every", "5", "--storage", str(tmp_path / "ray"),
+            str(30 * 4 * 2 * 256), "--checkpoint-every", "5", "--storage", str(tmp_path / "ray"),
             "--tracking-uri", uri]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -102,4 +102,4 @@ def test_whole_job_restart_resumes_by_name(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from step" in done.stdout
     _, runs = mlflow_run(uri, "job")
-    assert len(runs) == 1 and runs[0].data.metrics["final/steps"] == 60
+    assert len(runs) == 1 and runs[0].data.metrics["final/steps"] == 30
