@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry.checkpoint import load_checkpoint, save_checkpoint
-from blueberry.config import ModelConfig, RunConfig, TrainConfig, replace
+from blueberry.config import ModelConfig, RunConfig, replace
 from blueberry.errors import UserError
 from blueberry.hooks import EvalInfo, Hook, RunResult
 from blueberry.model import count_params
@@ -65,7 +65,7 @@ class SweepConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.space is None) == (self.grid is None):  # noqa: SIM  (exactly one of the two)
+        if (self.space is None) == (self.grid is None):
             raise UserError("a study needs exactly one of a search space or a grid")
         if self.trials < 1:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
@@ -221,7 +221,6 @@ def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig) -> str:
         return existing
     run = client.create_run(experiment_id, run_name=cfg.name,
                             tags={STUDY_TAG: cfg.name, KIND_TAG: "study", "preset": cfg.preset})
-    client.log_batch(run.info.run_id, params=[])
     return run.info.run_id
 
 
