@@ -137,3 +137,15 @@ def test_evaluations_at_token_milestones(tiny_model, builtin_data, quick_train):
     # Steps are 1,024 tokens: 2,500 is first passed at step 3, 5,000 at step 5.
     train(tiny_model, replace(quick_train, eval_every=0, eval_at_tokens=(2_500, 5_000)), builtin_data, [history])
     assert [e.step for e in history.evals] == [3, 5, 12]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_run_reports_mfu(tiny_model, builtin_data, quick_train):
+    # bf16 autocast, fused AdamW and bf16 Polar Express on the GPU; MFU against the GPU's peak.
+    result = train(tiny_model, replace(quick_train, device="cuda"), builtin_data)
+    assert not result.diverged and result.val.loss < 9.0
+    from blueberry.hardware import device_name, peak_flops
+
+    if peak_flops(torch.device("cuda")) is not None:
+        assert 0 < result.mfu < 1, device_name(torch.device("cuda"))
