@@ -61,7 +61,7 @@ def best_lrs(experiment: str, uri: str | None) -> dict[int, dict[str, float]]:
 
     best: dict[int, tuple[float, dict[str, float]]] = {}
     for row in read_mlflow(experiment, uri):
-        if row.get("status") != "finished" and "final/val_loss" not in row:
+        if "final/val_loss" not in row:
             continue
         N, loss = int(float(row["N"])), float(row.get("final/val_loss", np.inf))
         lrs = {f"train.{k}": float(row[f"train.{k}"]) for k in ("muon_lr", "adamw_lr") if f"train.{k}" in row}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from blueberry.cli import scale as scale_cli
 from blueberry.cli.scale import CHINCHILLA
@@ -225,3 +226,27 @@ def test_cli_experiment_without_finished_runs(tmp_path, capsys):
     client.create_run(experiment)  # still RUNNING
     assert scale_cli.main(["fit", "--experiment", "grid", "--tracking-uri", uri]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_fit_from_an_mlflow_experiment_reads_only_training_runs(tmp_path, capsys):
+    from mlflow.entities import Metric, Param, RunTag
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("scaling_grid")
+    parent = client.create_run(experiment, tags={"blueberry.kind": "study"}).info.run_id
+    client.set_terminated(parent)  # a finished summary run without N or D: must be skipped
+    points = synthetic_points(noise=0.003)
+    for n, d, loss in zip(points.N, points.D, points.loss):
+        run = client.create_run(experiment, tags={"blueberry.kind": "trial", "status": "finished"}).info.run_id
+        client.log_batch(run, metrics=[Metric("final/val_loss", float(loss), 0, 0), Metric("final/tokens", float(d), 0, 0)],
+                         params=[Param("N", str(int(n))), Param("D", str(int(d)))])
+        client.set_terminated(run)
+    diverged = client.create_run(experiment, tags={"blueberry.kind": "trial", "status": "diverged"}).info.run_id
+    client.log_batch(diverged, params=[Param("N", "1000000")], tags=[RunTag("outcome", "diverged")])
+    client.set_terminated(diverged)
+    assert scale_cli.main(["fit", "--experiment", "scaling_grid", "--tracking-uri", uri, "--bootstrap", "0",
+                           "--json", "-"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["fit"]["points"] == len(points)
+    assert payload["alpha"]["estimate"] == pytest.approx(TRUE.alpha, abs=0.03)

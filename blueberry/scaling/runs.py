@@ -23,8 +23,8 @@ def read_csv(path: str | Path) -> list[Row]:
 
 
 def read_mlflow(experiment: str, uri: str | None = None) -> list[Row]:
-    """Params and metrics of an experiment's FINISHED runs, one flat row per run (params win no ties:
-    a metric and a param of one name are the same quantity)."""
+    """Params and metrics of an experiment's finished training runs, one flat row per run. A study's
+    parent run (a summary, not a training run) and diverged trials (no final loss) are left out."""
     from blueberry.tracking import client
 
     mlflow_client = client(uri)
@@ -33,6 +33,8 @@ def read_mlflow(experiment: str, uri: str | None = None) -> list[Row]:
         raise UserError(f"MLflow experiment {experiment!r} does not exist at {mlflow_client.tracking_uri}")
     runs = mlflow_client.search_runs([found.experiment_id], filter_string="attributes.status = 'FINISHED'",
                                      max_results=50000)
+    runs = [r for r in runs if r.data.tags.get("blueberry.kind") != "study"
+            and r.data.tags.get("status") != "diverged" and r.data.tags.get("outcome") != "diverged"]
     if not runs:
         raise UserError(f"MLflow experiment {experiment!r} has no finished runs")
     return [{**r.data.params, **r.data.metrics, "run_id": r.info.run_id} for r in runs]
