@@ -307,8 +307,11 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
     import optuna
 
     budget = base.train.total_steps(base.model.seq_len) * base.train.tokens_per_step(base.model.seq_len)
+    # Optuna's default is 10 random trials before TPE models anything, which would make any study of
+    # 10 trials or fewer a random search; a third of the budget (at least 2) leaves room to exploit.
+    startup = max(2, min(10, cfg.trials // 3))
     search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode="min", seed=cfg.seed,
-                          sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                          sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup),
                           points_to_evaluate=[cfg.baseline] if cfg.baseline else None)
     scheduler = ASHAScheduler(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
                               grace_period=max(1, int(cfg.grace_fraction * budget)),
