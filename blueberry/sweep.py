@@ -83,7 +83,10 @@ def flat_overrides(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(run: RunConfig) -> str:
-    return hashlib.sha256(run.to_json().encode()).hexdigest()[:16]
+    """A key for what determines a run's result. How often it is evaluated, logged or checkpointed
+    changes what is recorded, not what is trained, so those fields do not enter the key."""
+    observed = replace(run.train, eval_every=0, eval_at_tokens=(), log_every=1, checkpoint_every=0)
+    return hashlib.sha256(RunConfig(run.model, observed).to_json().encode()).hexdigest()[:16]
 
 
 def apply_params(base: RunConfig, params: dict[str, Any]) -> RunConfig:

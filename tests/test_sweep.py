@@ -157,3 +157,14 @@ def test_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
     assert len([r for r in runs if r.data.tags[KIND_TAG] == "study"]) == 1
     assert len(trials) == 2 and len({r.data.tags["blueberry.trial_id"] for r in trials}) == 2
     assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+
+
+def test_config_hash_ignores_how_a_run_is_observed():
+    from blueberry.config import replace
+    from blueberry.sweep import config_hash
+
+    run = RunConfig(tiny(), TrainConfig())
+    watched = RunConfig(run.model, replace(run.train, eval_every=7, log_every=3, checkpoint_every=5,
+                                           eval_at_tokens=(1000,)))
+    assert config_hash(watched) == config_hash(run)
+    assert config_hash(RunConfig(run.model, replace(run.train, muon_lr=0.01))) != config_hash(run)
