@@ -82,7 +82,8 @@ def _plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -104,7 +105,7 @@ def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("validation loss")
     ax.set_title("learning curves (dotted: stopped early or diverged)")
     ax.grid(alpha=0.3)
-    if len(rows) <= 16:
+    if len(rows) <= 16 and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
