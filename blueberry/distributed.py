@@ -124,14 +124,14 @@ def run_distributed(run: RunConfig, data: Any, cfg: DistributedConfig) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from blueberry.sweep import storage_path
     from blueberry.tracking import absolute_uri, tracking_uri
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
     cfg = DistributedConfig(**{**cfg.__dict__, "tracking_uri": absolute_uri(tracking_uri(cfg.tracking_uri))})
-    storage = str(Path(cfg.storage).expanduser().resolve()) if cfg.storage and "://" not in cfg.storage \
-        else cfg.storage or str(Path("~/ray_results").expanduser())
+    storage = storage_path(cfg.storage)
     trainer = TorchTrainer(
         train_worker, train_loop_config={"run": run, "cfg": cfg, "data": data},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,

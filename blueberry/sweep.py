@@ -89,6 +89,13 @@ def config_hash(run: RunConfig) -> str:
     return hashlib.sha256(RunConfig(run.model, observed).to_json().encode()).hexdigest()[:16]
 
 
+def storage_path(storage: str | None) -> str:
+    """Ray's storage: a URI as given, a local path made absolute, or ~/ray_results by default."""
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage or "~/ray_results").expanduser().resolve())
+
+
 def apply_params(base: RunConfig, params: dict[str, Any]) -> RunConfig:
     """`base` with dotted overrides: {"train.muon_lr": 0.01, "model.n_layers": 8} (see `flat_overrides`)."""
     model, train = {}, {}
@@ -228,15 +235,10 @@ def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig) -> str:
 
 
 def _open_data(cfg: SweepConfig, model: ModelConfig) -> Any:
-    from blueberry.data import TokenShards
+    from pipelines.builtin_data import open_data
     from pipelines.share import share
 
-    if cfg.data == "builtin":
-        from pipelines.builtin_data import builtin_data_dir
-
-        data = TokenShards.open(builtin_data_dir(model.seq_len, progress=False))
-    else:
-        data = TokenShards.open(cfg.data)
+    data = open_data(cfg.data, model.seq_len, progress=False)
     data.check_fits(model)
     return share(data)
 
@@ -272,8 +274,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                            parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])))
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=_open_data(cfg, base.model), context=context),
                                     resources)
-    storage = str(Path(cfg.storage).expanduser().resolve()) if cfg.storage and "://" not in cfg.storage \
-        else cfg.storage or str(Path("~/ray_results").expanduser())
+    storage = storage_path(cfg.storage)
     path = f"{storage.rstrip('/')}/{cfg.name}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

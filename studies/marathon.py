@@ -23,9 +23,9 @@ MILESTONES = (8_011_776, 20_004_864, 100_007_936, 1_000_000_000)
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(argv):
-        from blueberry.data import TokenShards
         from blueberry.distributed import DistributedConfig, run_distributed
         from blueberry.study_cli import default_name
+        from pipelines.builtin_data import open_data
         from pipelines.share import share
 
         parser = study_parser(__doc__.splitlines()[0])
@@ -38,12 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_cfg = TrainConfig(train_tokens=tokens, batch_size=args.batch_size or (4 if args.smoke else 8),
                                 eval_every=0, eval_at_tokens=MILESTONES if not args.smoke else (tokens // 2,))
         run = RunConfig(preset(preset_name), train_cfg)
-        if args.data == "builtin":
-            from pipelines.builtin_data import builtin_data_dir
-
-            data = TokenShards.open(builtin_data_dir(run.model.seq_len, progress=False))
-        else:
-            data = TokenShards.open(args.data)
+        data = open_data(args.data, run.model.seq_len, progress=False)
         data.check_fits(run.model)
         workers = args.workers or 2
         cfg = DistributedConfig(name=args.name or default_name("marathon", preset_name, run, {"workers": workers}),

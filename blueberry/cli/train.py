@@ -23,7 +23,6 @@ from blueberry.config import (OPTIMIZER_KINDS, PRECISION_KINDS, PRESETS, SCHEDUL
                               TrainConfig)
 from blueberry.config import preset as preset_config
 from blueberry.config import replace
-from blueberry.data import TokenShards
 from blueberry.errors import ConfigError
 from blueberry.hooks import RunResult
 from blueberry.model import count_params
@@ -90,15 +89,6 @@ def parse_overrides(items: list[str], cls: type) -> dict[str, object]:
     return overrides
 
 
-def open_data(spec: str, seq_len: int, progress: bool) -> TokenShards:
-    """`builtin` (prepared on first use, cached) or a prepared directory."""
-    if spec == "builtin":
-        from pipelines.builtin_data import builtin_data_dir
-
-        return TokenShards.open(builtin_data_dir(seq_len, progress=progress))
-    return TokenShards.open(spec)
-
-
 def run_params(run: RunConfig, preset_name: str, data: str) -> dict[str, object]:
     """The flattened config plus the quantities scaling fits read: N (total parameters, the Chinchilla
     convention), N_non_embedding, D (the token budget) and the batch in tokens."""
@@ -137,6 +127,8 @@ def main_body(argv: Sequence[str] | None) -> int:
     train_cfg = replace(TrainConfig(compile=args.compile),
                         **{k: v for k, v in overrides.items() if v is not None})
     run = RunConfig(model_cfg, train_cfg)
+    from pipelines.builtin_data import open_data
+
     data = open_data(args.data, model_cfg.seq_len, progress=not args.no_progress)
     data.check_fits(model_cfg)
 
