@@ -2,6 +2,7 @@
 is replaced from the last checkpoint and the run ends exactly where an uninterrupted one does, in one
 MLflow run; a whole job killed and started again with its name resumes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 def run_config(steps: int, per_worker_batch: int, workers: int) -> RunConfig:
     return RunConfig(tiny(), TrainConfig(train_tokens=steps * per_worker_batch * workers * 256,
                                          batch_size=per_worker_batch, log_every=1, eval_every=0, eval_tokens=4096))
+
+
+def checkpoint_registered(run_dir: Path) -> bool:
+    """True once Ray Train's controller has registered a checkpoint of the run and persisted its list: only
+    then does a restarted worker group (or job) find it. A checkpoint directory alone is not enough, since
+    the controller may still be waiting to collect that report from every worker."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
 
 
 def mlflow_run(uri, name):
@@ -67,8 +79,7 @@ def test_killed_worker_restarts_from_checkpoint_and_ends_like_an_uninterrupted_r
     job = threading.Thread(target=lambda: outcome.setdefault("result", run_distributed(run, data, cfg)))
     job.start()
     deadline = time.time() + 120
-    # A checkpoint counts once the controller has registered it, which the next report implies: wait for two.
-    while time.time() < deadline and len(list((tmp_path / "ray" / "faulty").glob("checkpoint_*"))) < 2:
+    while time.time() < deadline and not checkpoint_registered(tmp_path / "ray" / "faulty"):
         time.sleep(0.1)
     workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
     assert len(workers) == 2, "expected two training workers to be running"
@@ -92,8 +103,7 @@ def test_whole_job_restart_resumes_by_name(tmp_path):
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 180
-    while time.time() < deadline and len(list((tmp_path / "ray" / "job").glob("checkpoint_*"))) < 2 \
-            and proc.poll() is None:
+    while time.time() < deadline and not checkpoint_registered(tmp_path / "ray" / "job") and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, "the job ended before it could be stopped"
     os.killpg(proc.pid, signal.SIGKILL)
