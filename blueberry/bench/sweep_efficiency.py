@@ -1,10 +1,13 @@
 """Sweep efficiency: an exhaustive LR grid against TPE + ASHA with the same number of trials, on `tiny`.
 
-    python -m blueberry.bench.sweep_efficiency --train-tokens 204800
+    python -m blueberry.bench.sweep_efficiency --train-tokens 102400 --grid-points 5 \
+        --reduction-factors 3 4 --seeds 0 1
 
-Both search Muon's and AdamW's learning rates over the same ranges (the grid: 3 x 3 log-spaced
-points; TPE: continuous, record point first, ASHA by tokens with reduction factor 3). Reported:
-total training tokens each spent and the best validation loss each found.
+Both search Muon's and AdamW's learning rates over the same ranges: the grid is K x K log-spaced
+points, TPE + ASHA searches the ranges continuously with K^2 trials, the record point first, ASHA by
+tokens (first rung at 1/9 of the budget). The grid runs once; TPE + ASHA runs once per reduction
+factor and searcher seed, so one invocation shows how much the outcome depends on either. Reported:
+total training tokens each spent, the best validation loss each found and where.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import tempfile
 import numpy as np
 
 from blueberry.config import RunConfig, TrainConfig, preset
-from blueberry.sweep import SweepConfig, run_sweep
+from blueberry.sweep import SweepConfig, SweepResult, run_sweep
 
 MUON_RANGE, ADAMW_RANGE = (0.006, 0.096), (0.0015, 0.024)
+RECORD = {"train.muon_lr": 0.024, "train.adamw_lr": 0.006}
 
 
 def lr_space(trial):
@@ -25,27 +29,39 @@ def lr_space(trial):
     trial.suggest_float("train.adamw_lr", *ADAMW_RANGE, log=True)
 
 
+def summary(label: str, result: SweepResult) -> tuple[int, float]:
+    tokens = sum(r["tokens"] for r in result.trials)
+    best = result.best
+    statuses = {s: sum(r["status"] == s for r in result.trials) for s in {r["status"] for r in result.trials}}
+    print(f"{label:24} trials {len(result.trials):3d} {statuses}  tokens {tokens:>12,.0f}  "
+          f"best val_loss {best['val_loss']:.4f} at muon_lr {best['train.muon_lr']:.4g}, "
+          f"adamw_lr {best['train.adamw_lr']:.4g}")
+    return tokens, best["val_loss"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-tokens", type=int, default=204_800)
+    parser.add_argument("--train-tokens", type=int, default=102_400, help="tokens per full trial")
+    parser.add_argument("--grid-points", type=int, default=5, help="K: the grid is K x K, both searches run K^2 trials")
+    parser.add_argument("--reduction-factors", type=float, nargs="+", default=[3.0], help="ASHA's, one study each")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="TPE's, one study each")
     args = parser.parse_args()
+    k = args.grid_points
     base = RunConfig(preset("tiny"), TrainConfig(train_tokens=args.train_tokens, batch_size=8))
-    grid = {"train.muon_lr": list(np.geomspace(*MUON_RANGE, 3)), "train.adamw_lr": list(np.geomspace(*ADAMW_RANGE, 3))}
+    grid = {"train.muon_lr": list(np.geomspace(*MUON_RANGE, k)), "train.adamw_lr": list(np.geomspace(*ADAMW_RANGE, k))}
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(experiment="sweep_efficiency", preset="tiny", base=base, storage=f"{tmp}/ray",
                       tracking_uri=f"sqlite:///{tmp}/mlflow.db", evals_per_trial=9)
-        grid_result = run_sweep(SweepConfig(name="grid", space=None, grid=grid, trials=9, **common))
-        tpe_result = run_sweep(SweepConfig(name="tpe-asha", space=lr_space, trials=9, reduction_factor=3,
-                                           grace_fraction=1 / 9,
-                                           baseline={"train.muon_lr": 0.024, "train.adamw_lr": 0.006}, **common))
-    rows = []
-    for label, result in (("grid (3 x 3)", grid_result), ("TPE + ASHA", tpe_result)):
-        tokens = sum(r["tokens"] for r in result.trials)
-        rows.append((label, tokens, result.best["val_loss"]))
-        print(f"{label:14} trials {len(result.trials)}  tokens {tokens:>12,.0f}  best val_loss {result.best['val_loss']:.4f}")
-    (_, grid_tokens, grid_loss), (_, tpe_tokens, tpe_loss) = rows
-    print(f"TPE+ASHA tokens / grid tokens = {tpe_tokens / grid_tokens:.3f};  best loss difference "
-          f"{(tpe_loss - grid_loss) / grid_loss:+.2%} of the grid's")
+        grid_result = run_sweep(SweepConfig(name="grid", space=None, grid=grid, trials=k * k, **common))
+        searches = {(rf, seed): run_sweep(SweepConfig(name=f"tpe-asha-rf{rf:g}-seed{seed}", space=lr_space,
+                                                      trials=k * k, reduction_factor=rf, grace_fraction=1 / 9,
+                                                      baseline=RECORD, seed=seed, **common))
+                    for rf in args.reduction_factors for seed in args.seeds}
+    grid_tokens, grid_loss = summary(f"grid ({k} x {k})", grid_result)
+    for (rf, seed), result in searches.items():
+        tokens, loss = summary(f"TPE+ASHA rf {rf:g} seed {seed}", result)
+        print(f"{'':16} tokens / grid tokens = {tokens / grid_tokens:.3f};  best loss difference "
+              f"{(loss - grid_loss) / grid_loss:+.2%} of the grid's")
 
 
 if __name__ == "__main__":
