@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry.checkpoint import load_checkpoint, save_checkpoint
-from blueberry.config import ModelConfig, RunConfig, replace
+from blueberry.config import ModelConfig, RunConfig, TrainConfig, replace
 from blueberry.errors import UserError
 from blueberry.hooks import EvalInfo, Hook, RunResult
 from blueberry.model import count_params
@@ -215,6 +215,16 @@ def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     return ({"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}), concurrent
 
 
+def asha_grace_tokens(train: TrainConfig, seq_len: int, fraction: float) -> int:
+    """ASHA's first rung: `fraction` of the token budget, snapped to the nearest evaluation (at least
+    the first). Trials report only when they evaluate, and ASHA decides at the first report at or past
+    a rung, so a rung between two evaluations would let every trial run on to the next one. With the
+    first rung on an evaluation, every later rung (first x reduction factor^k) is on one too."""
+    budget = train.total_steps(seq_len) * train.tokens_per_step(seq_len)
+    every = train.eval_every * train.tokens_per_step(seq_len) if train.eval_every > 0 else budget
+    return min(budget, max(1, round(fraction * budget / every)) * every)
+
+
 def _study_base(cfg: SweepConfig) -> RunConfig:
     """The base config with evaluations spread over the budget, so ASHA has rungs to compare at."""
     steps = cfg.base.train.total_steps(cfg.base.model.seq_len)
@@ -318,7 +328,7 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
                           sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup),
                           points_to_evaluate=[cfg.baseline] if cfg.baseline else None)
     scheduler = ASHAScheduler(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
-                              grace_period=max(1, int(cfg.grace_fraction * budget)),
+                              grace_period=asha_grace_tokens(base.train, base.model.seq_len, cfg.grace_fraction),
                               reduction_factor=cfg.reduction_factor)
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.trials,
                            max_concurrent_trials=concurrent)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from blueberry.config import RunConfig, TrainConfig, tiny
+from blueberry.config import RunConfig, TrainConfig, replace, tiny
 from blueberry.sweep import KIND_TAG, STATUS_TAG, STUDY_TAG, SweepConfig, apply_params, run_sweep
 from blueberry.errors import UserError
 
@@ -64,7 +64,7 @@ def test_smoke_study_end_to_end_and_resume(ray_local, tmp_path):
     statuses = [r["status"] for r in result.trials]
     assert "stopped_early" in statuses  # ASHA cut at least one trial short
     stopped = [r for r in result.trials if r["status"] == "stopped_early"]
-    assert all(r["tokens"] < 16 * 4 * 256 for r in stopped)
+    assert all(r["tokens"] in (4 * 4 * 256, 8 * 4 * 256) for r in stopped)  # at a rung, which is an evaluation
     assert result.best["train.muon_lr"] == 0.024  # the record beats learning rates 1000x too small
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert artifacts == {"trials.csv", "best_config.json", "loss_vs_params.png", "learning_curves.png"}
@@ -160,7 +160,6 @@ def test_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
 
 
 def test_config_hash_ignores_how_a_run_is_observed():
-    from blueberry.config import replace
     from blueberry.sweep import config_hash
 
     run = RunConfig(tiny(), TrainConfig())
@@ -168,3 +167,15 @@ def test_config_hash_ignores_how_a_run_is_observed():
                                            eval_at_tokens=(1000,)))
     assert config_hash(watched) == config_hash(run)
     assert config_hash(RunConfig(run.model, replace(run.train, muon_lr=0.01))) != config_hash(run)
+
+
+def test_asha_rungs_sit_on_evaluations():
+    from blueberry.sweep import asha_grace_tokens
+
+    # 50 steps of 8 x 256 tokens evaluated every 5 steps (10,240 tokens): a ninth of the budget
+    # (11,378 tokens) falls between evaluations, so the first rung moves to the nearest one.
+    train = TrainConfig(train_tokens=50 * 8 * 256, batch_size=8, eval_every=5)
+    assert asha_grace_tokens(train, 256, 1 / 9) == 10_240
+    assert asha_grace_tokens(train, 256, 0.3) == 30_720
+    assert asha_grace_tokens(train, 256, 0.01) == 10_240  # never before the first evaluation
+    assert asha_grace_tokens(replace(train, eval_every=0), 256, 0.25) == 50 * 8 * 256
