@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,6 +55,27 @@ def load_checkpoint(path: Path, state: TrainState) -> None:
     except (RuntimeError, EOFError, OSError) as err:
         raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
     state.load_state_dict(payload)
+
+
+RAY_STATE_FILE = "state.pt"  # the state's file inside a Ray (Tune or Train) checkpoint directory
+
+
+@contextmanager
+def ray_checkpoint(state: TrainState, checkpoint_cls: Any) -> Iterator[Any]:
+    """`state` as a Ray checkpoint of `checkpoint_cls` (Tune's and Train's are different classes), valid
+    inside the block: report it there, and Ray copies it to the run's storage."""
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(Path(directory) / RAY_STATE_FILE, state)
+        yield checkpoint_cls.from_directory(directory)
+
+
+def restore_ray_checkpoint(checkpoint: Any, state: TrainState) -> int:
+    """Load `state` from a Ray checkpoint (or leave it as is for None); the step it continues from."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        load_checkpoint(Path(directory) / RAY_STATE_FILE, state)
+    return state.step
 
 
 class Checkpointer(Hook):

@@ -161,6 +161,10 @@ class TrainConfig:
                              "raise it or shrink the batch")
         return steps
 
+    def budget_tokens(self, seq_len: int, world_size: int = 1) -> int:
+        """Tokens the run trains on: `train_tokens` rounded down to whole optimizer steps."""
+        return self.total_steps(seq_len, world_size) * self.tokens_per_step(seq_len, world_size)
+
 
 # Presets: named, zero-argument functions so each is a readable literal, not a dict of overrides.
 

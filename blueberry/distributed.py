@@ -14,16 +14,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from blueberry.checkpoint import load_checkpoint, save_checkpoint
+from blueberry.checkpoint import ray_checkpoint, restore_ray_checkpoint
 from blueberry.config import RunConfig
 from blueberry.errors import UserError
 from blueberry.hooks import Hook, RunResult, StepInfo
-from blueberry.model import count_params
+from blueberry.model import scale_params
 
 RUN_TAG = "blueberry.distributed_run"
 
@@ -53,8 +51,6 @@ class TrainReport(Hook):
     """Ray Train reporting: restore from the latest checkpoint on start, report (and, on rank 0,
     checkpoint) every `every` steps and at the end. Every rank reports: Ray Train V2 expects it."""
 
-    CHECKPOINT_FILE = "state.pt"
-
     def __init__(self, every: int, rank: int) -> None:
         self.every, self.rank = every, rank
         self.resumed_step = 0
@@ -62,11 +58,7 @@ class TrainReport(Hook):
     def on_start(self, state: Any) -> None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                load_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
-            self.resumed_step = state.step
+        self.resumed_step = restore_ray_checkpoint(ray.train.get_checkpoint(), state)
 
     def _report(self, metrics: dict[str, float], state: Any) -> None:
         import ray.train
@@ -75,9 +67,8 @@ class TrainReport(Hook):
         if self.rank != 0:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        with ray_checkpoint(state, ray.train.Checkpoint) as checkpoint:
+            ray.train.report(metrics, checkpoint=checkpoint)
 
     def on_step(self, info: StepInfo, state: Any) -> None:
         if info.step % self.every == 0 and info.step < info.total_steps:
@@ -103,14 +94,11 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     hooks: list[Hook] = []
     if parallel.is_main:  # before TrainReport: MLflow has each step before Ray Train can end the worker
-        counts = count_params(run.model)
-        global_batch = run.train.tokens_per_step(run.model.seq_len, parallel.world_size)
+        size = scale_params(run, parallel.world_size)
         hooks.append(MlflowTracker(
             cfg.experiment, cfg.name, uri=cfg.tracking_uri, log_every=run.train.log_every,
-            params={**run.flatten(), "preset": cfg.preset, "workers": parallel.world_size,
-                    "N": counts.total, "N_non_embedding": counts.non_embedding,
-                    "D": run.train.total_steps(run.model.seq_len, parallel.world_size) * global_batch,
-                    "batch_tokens": global_batch, "effective_batch_sequences": global_batch // run.model.seq_len},
+            params={**run.flatten(), "preset": cfg.preset, "workers": parallel.world_size, **size,
+                    "effective_batch_sequences": size["batch_tokens"] // run.model.seq_len},
             tags={RUN_TAG: cfg.name, **dict(cfg.tags)}, identity={RUN_TAG: cfg.name},
             workers=parallel.world_size))
     hooks.append(TrainReport(cfg.checkpoint_every, parallel.rank))

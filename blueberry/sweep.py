@@ -21,17 +21,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blueberry.checkpoint import load_checkpoint, save_checkpoint
+from blueberry.checkpoint import ray_checkpoint, restore_ray_checkpoint
 from blueberry.config import ModelConfig, RunConfig, TrainConfig, replace
 from blueberry.errors import UserError
 from blueberry.hooks import EvalInfo, Hook, RunResult
-from blueberry.model import count_params
+from blueberry.model import scale_params
 
 DIVERGED_LOSS = 100.0  # what a diverged trial reports: far worse than any real loss, but finite for TPE
 STUDY_TAG, TRIAL_TAG, KIND_TAG, STATUS_TAG = "blueberry.study", "blueberry.trial_id", "blueberry.kind", "status"
@@ -124,8 +123,6 @@ def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int) 
 class TuneReport(Hook):
     """Reports each evaluation to Tune with a checkpoint; restores from Tune's checkpoint on a retry."""
 
-    CHECKPOINT_FILE = "state.pt"
-
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.resumed_step = 0
@@ -133,20 +130,15 @@ class TuneReport(Hook):
     def on_start(self, state: Any) -> None:
         from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                load_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
-            self.resumed_step = state.step
+        self.resumed_step = restore_ray_checkpoint(tune.get_checkpoint(), state)
 
     def on_eval(self, info: EvalInfo, state: Any) -> None:
         from ray import tune
 
         if info.tokens >= self.budget:
             return  # the final evaluation is reported by on_end: at max_t Tune ends the trial inside report()
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(Path(directory) / self.CHECKPOINT_FILE, state)
-            tune.report(self._metrics(info, None), checkpoint=tune.Checkpoint.from_directory(directory))
+        with ray_checkpoint(state, tune.Checkpoint) as checkpoint:
+            tune.report(self._metrics(info, None), checkpoint=checkpoint)
 
     def on_end(self, result: RunResult, state: Any) -> None:
         from ray import tune
@@ -181,12 +173,11 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     torch.set_num_threads(context.threads)
     run = apply_params(context.base, params)
     trial_id = tune.get_context().get_trial_id()
-    budget = run.train.total_steps(run.model.seq_len) * run.train.tokens_per_step(run.model.seq_len)
-    counts = count_params(run.model)
+    size = scale_params(run)
+    budget = size["D"]
     tracker = MlflowTracker(
         context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
-        params={**run.flatten(), "preset": context.preset, "N": counts.total, "N_non_embedding": counts.non_embedding,
-                "D": budget, "C": 6 * counts.total * budget, "batch_tokens": run.train.tokens_per_step(run.model.seq_len),
+        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * budget,
                 **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
         tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: config_hash(run)},
         parent_run_id=context.parent_run_id,
@@ -220,7 +211,7 @@ def asha_grace_tokens(train: TrainConfig, seq_len: int, fraction: float) -> int:
     the first). Trials report only when they evaluate, and ASHA decides at the first report at or past
     a rung, so a rung between two evaluations would let every trial run on to the next one. With the
     first rung on an evaluation, every later rung (first x reduction factor^k) is on one too."""
-    budget = train.total_steps(seq_len) * train.tokens_per_step(seq_len)
+    budget = train.budget_tokens(seq_len)
     every = train.eval_every * train.tokens_per_step(seq_len) if train.eval_every > 0 else budget
     return min(budget, max(1, round(fraction * budget / every)) * every)
 
@@ -298,7 +289,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 
     from blueberry.study_report import close_trial_runs, write_summary
 
-    budget = base.train.total_steps(base.model.seq_len) * base.train.tokens_per_step(base.model.seq_len)
+    budget = base.train.budget_tokens(base.model.seq_len)
     rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results, budget)
     best = write_summary(mlflow_client, parent_run_id, rows, cfg, base)
     mlflow_client.set_terminated(parent_run_id, status="FINISHED")
@@ -320,7 +311,7 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent)
     import optuna
 
-    budget = base.train.total_steps(base.model.seq_len) * base.train.tokens_per_step(base.model.seq_len)
+    budget = base.train.budget_tokens(base.model.seq_len)
     # Optuna's default is 10 random trials before TPE models anything, which would make any study of
     # 10 trials or fewer a random search; a third of the budget (at least 2) leaves room to exploit.
     startup = max(2, min(10, cfg.trials // 3))

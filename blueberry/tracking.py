@@ -132,10 +132,7 @@ class MlflowTracker(Hook):
             return find_run(self.client, self.experiment_id, self.identity)
         return None
 
-    def _start_or_resume_run(self) -> str:
-        existing = self._existing_run()
-        if existing is not None:
-            return existing
+    def _create_run(self) -> str:
         tags = {**self.tags, **self.identity}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
@@ -148,8 +145,9 @@ class MlflowTracker(Hook):
     def on_start(self, state: Any) -> None:
         from mlflow.entities import Param, RunTag
 
-        resuming = self._existing_run() is not None
-        self.run_id = self._start_or_resume_run()
+        existing = self._existing_run()  # one lookup: with identity tags it is an MLflow search
+        resuming = existing is not None
+        self.run_id = existing if resuming else self._create_run()
         tags = {"device": device_name(state.device), **({"git_commit": c} if (c := git_commit()) else {})}
         params = [] if resuming else [Param(k, v) for k, v in flat_params(self.params).items()]
         self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])

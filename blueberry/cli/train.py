@@ -25,7 +25,7 @@ from blueberry.config import preset as preset_config
 from blueberry.config import replace
 from blueberry.errors import ConfigError
 from blueberry.hooks import RunResult
-from blueberry.model import count_params
+from blueberry.model import scale_params
 from blueberry.progress import ProgressBar
 from blueberry.tracking import MlflowTracker, NullTracker, tracking_uri
 
@@ -90,12 +90,8 @@ def parse_overrides(items: list[str], cls: type) -> dict[str, object]:
 
 
 def run_params(run: RunConfig, preset_name: str, data: str) -> dict[str, object]:
-    """The flattened config plus the quantities scaling fits read: N (total parameters, the Chinchilla
-    convention), N_non_embedding, D (the token budget) and the batch in tokens."""
-    counts = count_params(run.model)
-    return {**run.flatten(), "preset": preset_name, "data": data, "N": counts.total,
-            "N_non_embedding": counts.non_embedding, "D": run.train.total_steps(run.model.seq_len)
-            * run.train.tokens_per_step(run.model.seq_len), "batch_tokens": run.train.tokens_per_step(run.model.seq_len)}
+    """The flattened config plus the quantities scaling fits read (`scale_params`)."""
+    return {**run.flatten(), "preset": preset_name, "data": data, **scale_params(run)}
 
 
 def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str:
