@@ -95,7 +95,12 @@ def run_study(experiment: str, description: str, argv: Sequence[str] | None,
         grid_values = grid(args) if grid is not None else None
         study_space = space_from_base(base) if space_from_base is not None else space
         study_baseline = baseline_from_base(base) if baseline_from_base is not None else baseline
-        settings = {"trials": trials, "seed": args.seed, "grid": grid_values, "data": args.data}
+        from blueberry.tracking import absolute_uri, tracking_uri
+
+        # The tracking store is part of a study's identity: the same settings recorded elsewhere are
+        # another study, not one to restore from Ray storage that the new store has never seen.
+        settings = {"trials": trials, "seed": args.seed, "grid": grid_values, "data": args.data,
+                    "tracking": absolute_uri(tracking_uri(args.tracking_uri))}
         cfg = SweepConfig(experiment=experiment, name=args.name or default_name(experiment, preset_name, base, settings),
                           preset=preset_name, base=base, space=study_space, baseline=study_baseline or {},
                           grid=grid_values,

@@ -223,13 +223,18 @@ def _study_base(cfg: SweepConfig) -> RunConfig:
                                              checkpoint_every=0))
 
 
-def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig) -> str:
+def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig, must_exist: bool, storage: str, uri: str) -> str:
+    """The study's parent run: found again on resume, created on a first run. A study Ray can restore
+    must find it, or its finished trials would be kept by Tune but never recorded in this store."""
     from blueberry.tracking import find_run
 
     existing = find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "study"})
     if existing is not None:
         client.set_terminated(existing, status="RUNNING")
         return existing
+    if must_exist:
+        raise UserError(f"study {cfg.name!r} exists in Ray storage {storage} but not in the tracking store {uri}: "
+                        "pass the --tracking-uri it was recorded in, or another --name")
     run = client.create_run(experiment_id, run_name=cfg.name,
                             tags={STUDY_TAG: cfg.name, KIND_TAG: "study", "preset": cfg.preset})
     return run.info.run_id
@@ -270,14 +275,15 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
     resources, concurrent = cluster_resources(cfg)
     base = _study_base(cfg)
-    parent_run_id = _parent_run(mlflow_client, experiment_id, cfg)
+    storage = storage_path(cfg.storage)
+    path = f"{storage.rstrip('/')}/{cfg.name}"
+    restoring = tune.Tuner.can_restore(path)
+    parent_run_id = _parent_run(mlflow_client, experiment_id, cfg, must_exist=restoring, storage=path, uri=uri)
     context = TrialContext(base=base, preset=cfg.preset, experiment=cfg.experiment, study=cfg.name,
                            parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])))
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=_open_data(cfg, base.model), context=context),
                                     resources)
-    storage = storage_path(cfg.storage)
-    path = f"{storage.rstrip('/')}/{cfg.name}"
-    if tune.Tuner.can_restore(path):
+    if restoring:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, param_space=_param_space(cfg), tune_config=_tune_config(cfg, base, concurrent),

@@ -2,6 +2,7 @@
 a trial whose worker is killed resumes from its checkpoint; a driver killed mid-study resumes and
 finishes with exactly one MLflow run per trial."""
 
+import dataclasses
 import math
 import os
 import signal
@@ -74,6 +75,12 @@ def test_smoke_study_end_to_end_and_resume(ray_local, tmp_path):
     assert again.parent_run_id == result.parent_run_id
     assert sorted(r.info.run_id for r in trials_after) == sorted(r.info.run_id for r in trials)
     assert len(parents_after) == 1
+
+    # The same study against another tracking store would keep Tune's trials but record none of them.
+    elsewhere = dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp_path}/elsewhere.db")
+    with pytest.raises(UserError, match="not in the tracking store"):
+        run_sweep(elsewhere)
+    assert study_runs(elsewhere.tracking_uri, "smoke")[2] == []  # and nothing half-made is left there
 
 
 def explosive(trial):
