@@ -8,7 +8,8 @@
   MLflow tracker logging a child run under the study's parent run, from inside the trial, so it works
   on remote nodes against a tracking server;
 - Optuna's TPE (seeded) proposes configurations, the record configuration first; ASHA stops weak
-  trials early by **tokens seen**; a diverged trial reports a large finite loss and `diverged = 1`;
+  trials early by **tokens seen**, re-checking promotions made before a rung had company
+  (`blueberry.schedulers.ProvisionalASHA`); a diverged trial reports a large finite loss and `diverged = 1`;
 - the study's name is its resume key: running it again restores the Tuner (with the searcher's
   state), keeps finished trials, retries errored ones, and finds each trial's MLflow run again
   instead of creating a second;
@@ -59,6 +60,7 @@ class SweepConfig:
     max_concurrent_trials: int | None = None  # None: what the cluster can hold
     grace_fraction: float = 0.25  # ASHA's first rung, as a fraction of the token budget
     reduction_factor: float = 2.0
+    provisional_promotions: bool = True  # ProvisionalASHA (re-checks early promotions); False: Ray's plain ASHA
     evals_per_trial: int = 8
     max_failures: int = 2
     seed: int = 0
@@ -313,6 +315,8 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from blueberry.schedulers import ProvisionalASHA
+
     if cfg.grid is not None:
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent)
     import optuna
@@ -324,8 +328,9 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
     search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode="min", seed=cfg.seed,
                           sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup),
                           points_to_evaluate=[cfg.baseline] if cfg.baseline else None)
-    scheduler = ASHAScheduler(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
-                              grace_period=asha_grace_tokens(base.train, base.model.seq_len, cfg.grace_fraction),
-                              reduction_factor=cfg.reduction_factor)
+    asha = ProvisionalASHA if cfg.provisional_promotions else ASHAScheduler
+    scheduler = asha(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
+                     grace_period=asha_grace_tokens(base.train, base.model.seq_len, cfg.grace_fraction),
+                     reduction_factor=cfg.reduction_factor)
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.trials,
                            max_concurrent_trials=concurrent)
