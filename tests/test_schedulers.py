@@ -2,6 +2,7 @@
 
 The scheduler is driven directly with stand-in trials: no Ray cluster is started."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -109,3 +110,21 @@ def test_records_survive_save_and_restore(tmp_path):
 def test_one_bracket_only():
     with pytest.raises(ValueError, match="brackets=1"):
         ProvisionalASHA(time_attr="tokens", metric="val_loss", mode="min", brackets=2)
+
+
+def lr_space(trial):
+    trial.suggest_float("train.muon_lr", 1e-3, 1e-1, log=True)
+
+
+def test_studies_use_it_with_rungs_on_evaluations():
+    from blueberry.config import RunConfig, TrainConfig, tiny
+    from blueberry.sweep import SweepConfig, _study_base, _tune_config
+
+    base = RunConfig(tiny(), TrainConfig(train_tokens=50 * 8 * 256, batch_size=8))
+    cfg = SweepConfig(experiment="e", name="n", preset="tiny", base=base, space=lr_space, trials=9,
+                      grace_fraction=1 / 9, reduction_factor=3, evals_per_trial=10)
+    study_base = _study_base(cfg)
+    provisional = _tune_config(cfg, study_base, concurrent=2).scheduler
+    plain = _tune_config(dataclasses.replace(cfg, provisional_promotions=False), study_base, concurrent=2).scheduler
+    assert type(provisional) is ProvisionalASHA and type(plain) is ASHAScheduler
+    assert sorted(rung for rung, _ in provisional._brackets[0]._rungs) == [10_240, 30_720, 92_160]
