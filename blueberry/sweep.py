@@ -226,11 +226,20 @@ def _study_base(cfg: SweepConfig) -> RunConfig:
 
 
 def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig, must_exist: bool, storage: str, uri: str) -> str:
-    """The study's parent run: found again on resume, created on a first run. A study Ray can restore
-    must find it, or its finished trials would be kept by Tune but never recorded in this store."""
+    """The study's parent run: found again on resume, created on a first run. Ray storage and the
+    tracking store must agree: a study Ray can restore must find it here, or its finished trials
+    would be kept by Tune but never recorded in this store; and one with recorded trials must be
+    restorable, or they would be trained and recorded again. (A parent run alone, from a driver that
+    stopped before Tune saved anything, is simply continued.)"""
     from blueberry.tracking import find_run
 
     existing = find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "study"})
+    if existing is not None and not must_exist and find_run(client, experiment_id, {STUDY_TAG: cfg.name,
+                                                                                   KIND_TAG: "trial"}):
+        # Recorded trials but nothing for Ray to restore: the study ran against other Ray storage, and
+        # starting it afresh here would train its trials again and record them a second time.
+        raise UserError(f"study {cfg.name!r} has trials in the tracking store {uri} but nothing in Ray storage "
+                        f"{storage}: pass the --storage it ran with, or another --name")
     if existing is not None:
         client.set_terminated(existing, status="RUNNING")
         return existing

@@ -75,3 +75,24 @@ def test_unreachable_tracking_server_fails_fast_in_one_line():
     with pytest.raises(UserError, match="unreachable") as err:
         check_reachable("http://127.0.0.1:9", timeout_s=2)
     assert "\n" not in str(err.value)
+
+
+def test_a_study_recorded_elsewhere_is_not_started_again(tmp_path):
+    # The tracking store holds the study's trials but Ray storage has nothing to restore (it ran with
+    # another --storage): starting afresh would train and record every trial twice, so it is refused.
+    # A parent run with no trials (a driver stopped before Tune saved anything) is continued.
+    from blueberry.config import TrainConfig, tiny
+    from blueberry.sweep import KIND_TAG, STUDY_TAG, SweepConfig, _parent_run
+    from blueberry.tracking import client, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow_client = client(uri)
+    experiment_id = ensure_experiment(mlflow_client, "lr_sweep")
+    cfg = SweepConfig(experiment="lr_sweep", name="s", preset="tiny", base=RunConfig(tiny(), TrainConfig()),
+                      space=None, grid={"train.muon_lr": [0.01]})
+    parent = _parent_run(mlflow_client, experiment_id, cfg, must_exist=False, storage="ray/s", uri=uri)
+    assert _parent_run(mlflow_client, experiment_id, cfg, must_exist=False, storage="ray/s", uri=uri) == parent
+    mlflow_client.create_run(experiment_id, tags={STUDY_TAG: "s", KIND_TAG: "trial"})
+    with pytest.raises(UserError, match="pass the --storage it ran with"):
+        _parent_run(mlflow_client, experiment_id, cfg, must_exist=False, storage="ray/s", uri=uri)
+    assert _parent_run(mlflow_client, experiment_id, cfg, must_exist=True, storage="ray/s", uri=uri) == parent
