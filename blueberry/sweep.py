@@ -234,13 +234,12 @@ def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig, must_exist: b
     from blueberry.tracking import find_run
 
     existing = find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "study"})
-    if existing is not None and not must_exist and find_run(client, experiment_id, {STUDY_TAG: cfg.name,
-                                                                                   KIND_TAG: "trial"}):
-        # Recorded trials but nothing for Ray to restore: the study ran against other Ray storage, and
-        # starting it afresh here would train its trials again and record them a second time.
-        raise UserError(f"study {cfg.name!r} has trials in the tracking store {uri} but nothing in Ray storage "
-                        f"{storage}: pass the --storage it ran with, or another --name")
     if existing is not None:
+        if not must_exist and find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "trial"}):
+            # Recorded trials but nothing for Ray to restore: the study ran against other Ray storage,
+            # and starting it afresh here would train its trials again and record them a second time.
+            raise UserError(f"study {cfg.name!r} has trials in the tracking store {uri} but nothing in Ray "
+                            f"storage {storage}: pass the --storage it ran with, or another --name")
         client.set_terminated(existing, status="RUNNING")
         return existing
     if must_exist:
