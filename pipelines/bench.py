@@ -16,10 +16,9 @@ import tempfile
 import time
 
 import pyarrow.compute as pc
-
 import torch
 
-from blueberry.data import TokenShards
+from blueberry.data.tokens import TokenShards
 from pipelines.builtin import builtin_documents
 from pipelines.encode import make_encoder
 from pipelines.prepare import ENCODE_BATCH_DOCS, _batched

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blueberry.data import TokenShards
+from blueberry.data.tokens import TokenShards
 from pipelines.cache import cache_dir
-from pipelines.prepare import PrepareConfig, prepare, preparation_key
+from pipelines.prepare import PrepareConfig, preparation_key, prepare
 from pipelines.sources import BuiltinSource
 from pipelines.tokenizer import builtin_tokenizer
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blueberry.data import TOKEN_DTYPES, ShardInfo, SplitInfo, write_shard
+from blueberry.data.format import TOKEN_DTYPES, ShardInfo, SplitInfo, write_shard
 
 
 def shard_name(split: str, index: int) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from blueberry.data import Manifest, TokenShards
+from blueberry.data.format import Manifest
+from blueberry.data.tokens import TokenShards
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from blueberry.config import BUILTIN_VOCAB_SIZE
-from blueberry.data import TokenizerInfo
+from blueberry.data.format import TokenizerInfo
 from blueberry.errors import UserError
 from pipelines.builtin import builtin_corpus_hash, iter_builtin_documents
 from pipelines.cache import cache_dir
 
 BUILTIN = "builtin"
+BUILTIN_VOCAB_SIZE = 8192  # the small model presets use the same number (blueberry.models.lm.config)
 EOS_TOKEN = "<|endoftext|>"
 
 

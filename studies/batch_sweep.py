@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import sys
 
-from blueberry.study_cli import run_study
+from blueberry.cli.study import Study
 
 
-def space(trial):
-    trial.suggest_categorical("train.batch_size", [4, 8, 16, 32])
-    trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
-    trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
+class BatchSweep(Study):
+    """How does the best batch size trade against steps at a fixed token budget, and where does the LR move?"""
 
+    experiment = "batch_sweep"
 
-RECORD = {"train.batch_size": 8, "train.muon_lr": 0.024, "train.adamw_lr": 0.006}
+    def space(self, trial, base):
+        trial.suggest_categorical("train.batch_size", [4, 8, 16, 32])
+        trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
+        trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
+
+    def baseline(self, base):
+        return {"train.batch_size": 8, "train.muon_lr": 0.024, "train.adamw_lr": 0.006}
+
 
 if __name__ == "__main__":
-    sys.exit(run_study("batch_sweep", __doc__.splitlines()[0], None, space=space, baseline=RECORD))
+    sys.exit(BatchSweep().main())

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import sys
 
-from blueberry.study_cli import run_study
+from blueberry.cli.study import Study
 
 
-def space(trial):
-    trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
-    trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
+class LrSweep(Study):
+    """Which learning rates train Blueberry best under Muon + AdamW?"""
 
+    experiment = "lr_sweep"
 
-RECORD = {"train.muon_lr": 0.024, "train.adamw_lr": 0.006}
+    def space(self, trial, base):
+        trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
+        trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
+
+    def baseline(self, base):
+        return {"train.muon_lr": 0.024, "train.adamw_lr": 0.006}
+
 
 if __name__ == "__main__":
-    sys.exit(run_study("lr_sweep", __doc__.splitlines()[0], None, space=space, baseline=RECORD))
+    sys.exit(LrSweep().main())

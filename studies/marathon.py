@@ -12,53 +12,54 @@ worker fails. `--name` is the resume key: run the same command again after the j
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
-from blueberry.cli.common import positive_int, run_command
-from blueberry.config import RunConfig, TrainConfig, preset
-from blueberry.study_cli import study_parser
+from blueberry.cli.common import positive_int
+from blueberry.cli.study import Scales, Study, StudyScale
 
 MILESTONES = (8_011_776, 20_004_864, 100_007_936, 1_000_000_000)
+FULL = StudyScale("gpu", "nano-88m", 1_000_000_000, 1, 8)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    def body(argv):
-        from blueberry.distributed import DistributedConfig, run_distributed
-        from blueberry.study_cli import default_name
-        from pipelines.builtin_data import open_data
-        from pipelines.share import share
+class Marathon(Study):
+    """How low does Blueberry's validation loss go in 1B tokens, and how long does it take?"""
 
-        parser = study_parser(__doc__.splitlines()[0])
-        parser.add_argument("--workers", type=positive_int, help="data-parallel workers (default 2)")
+    experiment = "marathon"
+    scales = Scales(smoke=StudyScale("smoke", "tiny", 40_960, 1, 4), cpu=FULL, gpu=FULL)
+
+    def add_flags(self, parser):
+        parser.add_argument("--workers", type=positive_int, default=2, help="data-parallel workers (default 2)")
         parser.add_argument("--checkpoint-every", type=positive_int, help="optimizer steps between checkpoints")
         parser.add_argument("--max-failures", type=int, default=3)
-        args = parser.parse_args(argv)
-        preset_name = args.preset or ("tiny" if args.smoke else "nano-88m")
-        tokens = args.train_tokens or (40_960 if args.smoke else 1_000_000_000)
-        train_cfg = TrainConfig(train_tokens=tokens, batch_size=args.batch_size or (4 if args.smoke else 8),
-                                eval_every=0, eval_at_tokens=MILESTONES if not args.smoke else (tokens // 2,))
-        run = RunConfig(preset(preset_name), train_cfg)
-        data = open_data(args.data, run.model.seq_len, progress=False)
-        data.check_fits(run.model)
-        workers = args.workers or 2
-        cfg = DistributedConfig(name=args.name or default_name("marathon", preset_name, run, {"workers": workers}),
-                                workers=workers, cpus_per_worker=args.cpus_per_trial or 1.0,
-                                checkpoint_every=args.checkpoint_every or (5 if args.smoke else 200),
-                                max_failures=args.max_failures, storage=args.storage, tracking_uri=args.tracking_uri,
-                                preset=preset_name, use_gpu=None if args.gpus_per_trial is None else args.gpus_per_trial > 0)
-        result = run_distributed(run, share(data), cfg)
-        m = result.metrics
-        print(f"marathon     {cfg.name}: {workers} workers, {m['final/tokens']:,.0f} tokens in {m['final/steps']:.0f} steps")
-        print(f"validation   loss {m['final/val_loss']:.4f}  accuracy {m['final/val_accuracy']:.1%}  "
-              f"perplexity {m['final/val_perplexity']:.1f}")
-        print(f"time         {m['final/active_time_s']:.1f} s active ({m['final/tokens_per_s']:,.0f} tokens/s, "
-              f"{m['final/tokens_per_s'] / workers:,.0f} per worker)"
-              + (f", resumed from step {m['resumed_from_step']:.0f}" if m.get("resumed_from_step") else ""))
-        print(f"checkpoints  {result.path}  (run the same command again to resume)")
-        return 0
 
-    return run_command("marathon", body, argv)
+    def train_overrides(self, args, scale):
+        tokens = args.train_tokens or scale.train_tokens
+        milestones = (tokens // 2,) if scale.name == "smoke" else MILESTONES
+        return {"eval_every": 0, "eval_at_tokens": milestones}
+
+    def run(self, args, scale) -> str:
+        from blueberry.platform.data import open_shared
+        from blueberry.platform.distributed import DistributedConfig, run_distributed
+
+        preset_name, run = self.base(args, scale)
+        data = open_shared(run.task(), args.data)
+        workers = args.workers
+        cfg = DistributedConfig(
+            name=args.name or self.default_name(preset_name, run, {"workers": workers}), workers=workers,
+            cpus_per_worker=args.cpus_per_trial or 1.0,
+            checkpoint_every=args.checkpoint_every or (5 if scale.name == "smoke" else 200),
+            max_failures=args.max_failures, storage=args.storage, tracking_uri=args.tracking_uri, preset=preset_name,
+            use_gpu=None if args.gpus_per_trial is None else args.gpus_per_trial > 0)
+        result = run_distributed(run, data, cfg)
+        m = result.metrics
+        resumed = f", resumed from step {m['resumed_from_step']:.0f}" if m.get("resumed_from_step") else ""
+        return "\n".join([
+            f"marathon     {cfg.name}: {workers} workers, {m['final/tokens']:,.0f} tokens in {m['final/steps']:.0f} steps",
+            f"validation   loss {m['final/val_loss']:.4f}  accuracy {m['final/val_accuracy']:.1%}  "
+            f"perplexity {m['final/val_perplexity']:.1f}",
+            f"time         {m['final/active_time_s']:.1f} s active ({m['final/tokens_per_s']:,.0f} tokens/s, "
+            f"{m['final/tokens_per_s'] / workers:,.0f} per worker){resumed}",
+            f"checkpoints  {result.path}  (run the same command again to resume)"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(Marathon().main())

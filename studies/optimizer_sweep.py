@@ -11,30 +11,34 @@ from __future__ import annotations
 
 import sys
 
-from blueberry.study_cli import run_study
+from blueberry.cli.study import Study
 
 
-def space(trial):
-    optimizer = trial.suggest_categorical("train.optimizer", ["muon", "adamw"])
-    if optimizer == "muon":
-        trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
-        trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
-    else:
-        trial.suggest_float("train.adamw_lr", 1e-4, 3e-2, log=True)
+class OptimizerSweep(Study):
+    """Does Muon + AdamW beat AdamW alone, each at its own best learning rate?"""
 
+    experiment = "optimizer_sweep"
 
-def compare(cfg, result) -> str:
-    lines = []
-    for optimizer in ("muon", "adamw"):
-        rows = [r for r in result.trials if r.get("train.optimizer") == optimizer and r["status"] == "finished"]
-        if rows:
-            best = min(rows, key=lambda r: r["val_loss"])
-            lines.append(f"{optimizer:6} best val_loss {best['val_loss']:.4f} over {len(rows)} finished trials")
-    return "\n".join(lines)
+    def space(self, trial, base):
+        optimizer = trial.suggest_categorical("train.optimizer", ["muon", "adamw"])
+        if optimizer == "muon":
+            trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
+            trial.suggest_float("train.adamw_lr", 5e-4, 3e-2, log=True)
+        else:
+            trial.suggest_float("train.adamw_lr", 1e-4, 3e-2, log=True)
 
+    def baseline(self, base):
+        return {"train.optimizer": "muon", "train.muon_lr": 0.024, "train.adamw_lr": 0.006}
 
-RECORD = {"train.optimizer": "muon", "train.muon_lr": 0.024, "train.adamw_lr": 0.006}
+    def report(self, cfg, result) -> str:
+        lines = []
+        for optimizer in ("muon", "adamw"):
+            rows = [r for r in result.trials if r.get("train.optimizer") == optimizer and r["status"] == "finished"]
+            if rows:
+                best = min(rows, key=lambda r: r["val_loss"])
+                lines.append(f"{optimizer:6} best val_loss {best['val_loss']:.4f} over {len(rows)} finished trials")
+        return "\n".join(lines)
+
 
 if __name__ == "__main__":
-    sys.exit(run_study("optimizer_sweep", __doc__.splitlines()[0], None, space=space, baseline=RECORD,
-                       report=compare))
+    sys.exit(OptimizerSweep().main())

@@ -5,7 +5,7 @@ each trained on D = C / (6 N) tokens, where N is the **total** parameter count (
 the Chinchilla convention `blueberry-scale` uses; `N_non_embedding` is logged beside it). Every run
 is a Tune trial in one MLflow experiment with params N, N_non_embedding, D, C and its final
 validation loss, ready for `blueberry-scale fit --experiment scaling_grid`. A point already finished
-in the experiment (same configuration hash) is not trained again. Learning rates come from a sweep's
+in the experiment (the same run identity, `RunConfig.key`) is not trained again. Learning rates come from a sweep's
 best trial for the nearest model size (`--lr-from EXPERIMENT`), else the preset's defaults.
 
     python studies/scaling_grid.py --smoke          # a 3 x 3 grid of tiny models on CPU
@@ -15,18 +15,22 @@ best trial for the nearest model size (`--lr-from EXPERIMENT`), else the preset'
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 import numpy as np
 
-from blueberry.cli.common import run_command
-from blueberry.config import ModelConfig, RunConfig, TrainConfig, preset, replace
-from blueberry.model import count_params
-from blueberry.study_cli import default_name, study_parser
+from blueberry.cli.study import Scales, Study, StudyScale
+from blueberry.core.config import replace
+from blueberry.models.lm.config import ModelConfig
+from blueberry.models.lm.model import count_params
+from blueberry.models.run import RunConfig
 
 # (d_model, n_layers) families: head_dim 32 for the small ones, 64 for the GPU ones; d_ff = 4 d_model.
 SMOKE_SHAPES = ((64, 2), (96, 3), (128, 4))
 GPU_SHAPES = ((256, 8), (384, 12), (512, 16), (512, 22), (640, 24))
+SMOKE_BUDGETS = [2e11, 5e11, 1.2e12]
+GPU_BUDGETS = [1e16, 3e16, 1e17]
+# Each point's token budget comes from its compute budget C; a scale picks the preset, batch and shapes.
+FULL_SCALE = StudyScale("gpu", "nano-88m", 8_011_776, 15, 8)
 
 
 def shaped(base: ModelConfig, d_model: int, n_layers: int) -> ModelConfig:
@@ -70,9 +74,9 @@ def best_lrs(experiment: str, uri: str | None) -> dict[int, dict[str, float]]:
     return {n: lrs for n, (_, lrs) in best.items()}
 
 
-def finished_hashes(experiment: str, uri: str | None) -> set[str]:
-    from blueberry.sweep import CONFIG_TAG, STATUS_TAG
-    from blueberry.tracking import client
+def finished_keys(experiment: str, uri: str | None) -> set[str]:
+    """The identities (`RunConfig.key`) of the points this experiment has already finished."""
+    from blueberry.platform.tracking import CONFIG_TAG, STATUS_TAG, client
 
     mlflow_client = client(uri)
     found = mlflow_client.get_experiment_by_name(experiment)
@@ -83,38 +87,43 @@ def finished_hashes(experiment: str, uri: str | None) -> set[str]:
     return {r.data.tags[CONFIG_TAG] for r in runs if CONFIG_TAG in r.data.tags}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    def body(argv):
-        from blueberry.study_cli import summary
-        from blueberry.sweep import SweepConfig, apply_params, config_hash, run_sweep
+class ScalingGrid(Study):
+    """How does loss fall with model size N and data D? Collect the runs a scaling-law fit needs."""
 
-        parser = study_parser(__doc__.splitlines()[0])
+    experiment = "scaling_grid"
+    evals_per_trial = 2
+    scales = Scales(smoke=StudyScale("smoke", "tiny", 40_960, 9, 4), cpu=FULL_SCALE, gpu=FULL_SCALE)
+
+    def add_flags(self, parser):
         parser.add_argument("--budgets", type=float, nargs="+", help="compute budgets C in FLOPs")
         parser.add_argument("--lr-from", metavar="EXPERIMENT", help="take LRs from this sweep experiment")
-        args = parser.parse_args(argv)
-        smoke = args.smoke
-        preset_name = args.preset or ("tiny" if smoke else "nano-88m")
-        base = RunConfig(preset(preset_name), TrainConfig(batch_size=args.batch_size or (4 if smoke else 8)))
-        budgets = args.budgets or ([2e11, 5e11, 1.2e12] if smoke else [1e16, 3e16, 1e17])
-        lrs = best_lrs(args.lr_from, args.tracking_uri) if args.lr_from else {}
-        points = grid_points(base, budgets, SMOKE_SHAPES if smoke else GPU_SHAPES, lrs)
-        done = finished_hashes("scaling_grid", args.tracking_uri)
-        todo = [p for p in points if config_hash(apply_params(base, {"point": p})) not in done]
-        print(f"scaling grid: {len(points)} points, {len(points) - len(todo)} already finished, {len(todo)} to run")
-        if not todo:
-            return 0
-        cfg = SweepConfig(experiment="scaling_grid", name=args.name or default_name(
-            "scaling_grid", preset_name, base, {"points": todo}), preset=preset_name, base=base, space=None,
-            grid={"point": todo}, trials=len(todo), data=args.data, storage=args.storage,
-            tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-            max_concurrent_trials=args.max_concurrent, evals_per_trial=2)
-        print(summary(cfg, run_sweep(cfg)))
-        print("fit it:       blueberry-scale fit --experiment scaling_grid"
-              + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
-        return 0
 
-    return run_command("scaling_grid", body, argv)
+    def points(self, args, base, scale) -> list[dict]:
+        smoke = scale.name == "smoke"
+        budgets = args.budgets or (SMOKE_BUDGETS if smoke else GPU_BUDGETS)
+        lrs = best_lrs(args.lr_from, args.tracking_uri) if args.lr_from else {}
+        return grid_points(base, budgets, SMOKE_SHAPES if smoke else GPU_SHAPES, lrs)
+
+    def grid(self, args, base, scale):
+        """The points not yet finished in this experiment: a finished point is never trained twice."""
+        from blueberry.platform.search import apply_params
+
+        done = finished_keys(self.experiment, args.tracking_uri)
+        return {"point": [p for p in self.points(args, base, scale) if apply_params(base, {"point": p}).key() not in done]}
+
+    def run(self, args, scale) -> str:
+        cfg = self.sweep_config(args, scale)
+        total, todo = len(self.points(args, cfg.base, scale)), cfg.grid["point"]
+        lines = [f"scaling grid: {total} points, {total - len(todo)} already finished, {len(todo)} to run"]
+        if todo:
+            from blueberry.cli.study import summary
+            from blueberry.platform.sweep import run_sweep
+
+            lines.append(summary(cfg, run_sweep(cfg)))
+            lines.append("fit it:       blueberry-scale fit --experiment scaling_grid"
+                         + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+        return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(ScalingGrid().main())

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blueberry.config import TrainConfig, tiny
+from blueberry.core.config import TrainConfig
+from blueberry.models.lm.config import tiny
 
 TEST_SEQ_LEN = 256
 
@@ -30,7 +31,7 @@ def builtin_dir(private_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def builtin_data(builtin_dir: Path):
-    from blueberry.data import TokenShards
+    from blueberry.data.tokens import TokenShards
 
     return TokenShards.open(builtin_dir)
 

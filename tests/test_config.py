@@ -4,8 +4,10 @@ import re
 
 import pytest
 
-from blueberry.config import ModelConfig, RunConfig, TrainConfig, preset, replace
+from blueberry.core.config import TrainConfig, replace
 from blueberry.errors import ConfigError
+from blueberry.models.lm.config import ModelConfig, preset
+from blueberry.models.run import RunConfig
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -7,9 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from blueberry.config import replace, tiny
-from blueberry.data import MANIFEST_NAME, Manifest, TokenShards
+from blueberry.core.config import replace
+from blueberry.data.format import MANIFEST_NAME, Manifest
+from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError, UserError
+from blueberry.models.lm.config import tiny
 from pipelines.builtin import builtin_documents
 from pipelines.prepare import PrepareConfig, is_validation_document, prepare
 from pipelines.tokenizer import load_tokenizer

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from blueberry.config import RunConfig, TrainConfig, tiny
-from blueberry.distributed import RUN_TAG, DistributedConfig, run_distributed
-from blueberry.hooks import History
-from blueberry.train import train
+from blueberry.core.config import TrainConfig
+from blueberry.core.hooks import History
+from blueberry.core.loop import train
+from blueberry.models.lm.config import tiny
+from blueberry.models.run import RunConfig
+from blueberry.platform.distributed import RUN_TAG, DistributedConfig, run_distributed
 from pipelines.share import share
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -56,7 +58,7 @@ def test_two_workers_match_one_process_with_the_double_batch(ray_local, builtin_
     ddp = [m.value for m in sorted(client.get_metric_history(logged.info.run_id, "train/loss"), key=lambda m: m.step)]
     history = History()
     single = run_config(12, 4, 1)
-    reference = train(single.model, single.train, builtin_data, [history])
+    reference = train(single.task(), single.train, builtin_data, [history])
     assert len(ddp) == 12
     # Same rows, same global mean: only the order of floating-point sums differs.
     assert ddp == pytest.approx([s.loss for s in history.steps], rel=1e-5)

@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 
-from blueberry.config import ModelConfig, preset
-from blueberry.model import Attention, Blueberry, MoE, apply_rotary, count_params, flops_per_token, rotary_tables
+from blueberry.models.lm.config import ModelConfig, preset
+from blueberry.models.lm.model import (
+    Attention,
+    Blueberry,
+    MoE,
+    apply_rotary,
+    count_params,
+    flops_per_token,
+    rotary_tables,
+)
 
 
 @pytest.fixture(autouse=True)

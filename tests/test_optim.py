@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from blueberry.config import TrainConfig, preset
-from blueberry.model import Blueberry
-from blueberry.optim import Muon, build_optimizer, lr_multiplier, polar_express, split_params
+from blueberry.core.config import TrainConfig
+from blueberry.core.optim import Muon, build_optimizer, lr_multiplier, polar_express, split_params
+from blueberry.models.lm.config import preset
+from blueberry.models.lm.model import Blueberry
 
 # Five Polar Express steps map every singular value in the design range into about [0.859, 1.141]
 # (the polynomials equioscillate around 1); they never move the singular vectors.

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from blueberry.cli import data as data_cli
-from blueberry.data import MANIFEST_NAME, TokenShards
+from blueberry.data.format import MANIFEST_NAME
+from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError, UserError
 from pipelines.bench import read_tokens_per_s
 from pipelines.builtin import builtin_documents

@@ -10,7 +10,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
-from blueberry.schedulers import ProvisionalASHA
+from blueberry.platform.schedulers import ProvisionalASHA
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -117,8 +117,10 @@ def lr_space(trial):
 
 
 def test_studies_use_it_with_rungs_on_evaluations():
-    from blueberry.config import RunConfig, TrainConfig, tiny
-    from blueberry.sweep import SweepConfig, _study_base, _tune_config
+    from blueberry.core.config import TrainConfig
+    from blueberry.models.lm.config import tiny
+    from blueberry.models.run import RunConfig
+    from blueberry.platform.sweep import SweepConfig, _study_base, _tune_config
 
     base = RunConfig(tiny(), TrainConfig(train_tokens=50 * 8 * 256, batch_size=8))
     cfg = SweepConfig(experiment="e", name="n", preset="tiny", base=base, space=lr_space, trials=9,

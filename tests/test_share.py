@@ -4,7 +4,8 @@ and tokenising with Ray Data writes the same shards as the local pool."""
 import numpy as np
 import pytest
 
-from blueberry.data import Manifest, ShardInfo, SplitInfo, TokenizerInfo, TokenShards, write_shard
+from blueberry.data.format import Manifest, ShardInfo, SplitInfo, TokenizerInfo, write_shard
+from blueberry.data.tokens import TokenShards
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.share import share
 

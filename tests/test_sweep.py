@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from blueberry.config import RunConfig, TrainConfig, replace, tiny
-from blueberry.sweep import KIND_TAG, STATUS_TAG, STUDY_TAG, SweepConfig, apply_params, run_sweep
+from blueberry.core.config import TrainConfig, replace
 from blueberry.errors import UserError
+from blueberry.models.lm.config import tiny
+from blueberry.models.run import RunConfig
+from blueberry.platform.search import apply_params
+from blueberry.platform.sweep import SweepConfig, run_sweep
+from blueberry.platform.tracking import KIND_TAG, STATUS_TAG, STUDY_TAG
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning")]
@@ -167,7 +171,7 @@ def test_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
 
 
 def test_config_hash_ignores_how_a_run_is_observed():
-    from blueberry.sweep import config_hash
+    config_hash = RunConfig.key  # the run identity every run, trial and study uses
 
     run = RunConfig(tiny(), TrainConfig())
     watched = RunConfig(run.model, replace(run.train, eval_every=7, log_every=3, checkpoint_every=5,
@@ -177,7 +181,7 @@ def test_config_hash_ignores_how_a_run_is_observed():
 
 
 def test_asha_rungs_sit_on_evaluations():
-    from blueberry.sweep import asha_grace_tokens
+    from blueberry.platform.sweep import asha_grace_tokens
 
     # 50 steps of 8 x 256 tokens evaluated every 5 steps (10,240 tokens): a ninth of the budget
     # (11,378 tokens) falls between evaluations, so the first rung moves to the nearest one.

@@ -4,12 +4,14 @@ the same MLflow run instead of a second one, and fails fast on an unreachable se
 import pytest
 from mlflow import MlflowClient
 
-from blueberry.checkpoint import Checkpointer
-from blueberry.config import RunConfig, replace
+from blueberry.core.checkpoint import Checkpointer
+from blueberry.core.config import replace
+from blueberry.core.hooks import Hook
+from blueberry.core.loop import train
 from blueberry.errors import UserError
-from blueberry.hooks import Hook
-from blueberry.tracking import EXPERIMENT_KIND_TAG, MlflowTracker, check_reachable
-from blueberry.train import train
+from blueberry.models.lm.task import LMTask
+from blueberry.models.run import RunConfig
+from blueberry.platform.tracking import EXPERIMENT_KIND_TAG, MlflowTracker, check_reachable
 
 
 @pytest.fixture
@@ -20,7 +22,7 @@ def uri(tmp_path):
 def test_tracker_logs_a_complete_run(tiny_model, builtin_data, quick_train, uri, tmp_path):
     run = RunConfig(tiny_model, quick_train)
     tracker = MlflowTracker("unit", "run-a", params=run.flatten(), tags={"preset": "tiny"}, uri=uri, log_every=2)
-    result = train(tiny_model, quick_train, builtin_data, [tracker])
+    result = train(LMTask(tiny_model), quick_train, builtin_data, [tracker])
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("unit")
@@ -59,9 +61,9 @@ def test_resumed_run_logs_into_the_same_mlflow_run(tiny_model, builtin_data, qui
                              run_id_file=tmp_path / "mlflow_run_id")
 
     with pytest.raises(Interrupt):
-        train(tiny_model, cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), tracker(), InterruptAt()])
+        train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), tracker(), InterruptAt()])
     second = tracker()
-    train(tiny_model, cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), second])
+    train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), second])
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
@@ -81,9 +83,10 @@ def test_a_study_recorded_elsewhere_is_not_started_again(tmp_path):
     # The tracking store holds the study's trials but Ray storage has nothing to restore (it ran with
     # another --storage): starting afresh would train and record every trial twice, so it is refused.
     # A parent run with no trials (a driver stopped before Tune saved anything) is continued.
-    from blueberry.config import TrainConfig, tiny
-    from blueberry.sweep import KIND_TAG, STUDY_TAG, SweepConfig, _parent_run
-    from blueberry.tracking import client, ensure_experiment
+    from blueberry.core.config import TrainConfig
+    from blueberry.models.lm.config import tiny
+    from blueberry.platform.sweep import SweepConfig, _parent_run
+    from blueberry.platform.tracking import KIND_TAG, STUDY_TAG, client, ensure_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow_client = client(uri)

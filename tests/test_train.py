@@ -4,15 +4,15 @@ accumulates gradients equivalently to a larger batch."""
 import dataclasses
 
 import numpy as np
-
 import pytest
 import torch
 
-from blueberry.checkpoint import Checkpointer, latest_checkpoint
-from blueberry.config import TrainConfig, replace
+from blueberry.core.checkpoint import Checkpointer, latest_checkpoint
+from blueberry.core.config import TrainConfig, replace
+from blueberry.core.hooks import History, Hook
+from blueberry.core.loop import train
 from blueberry.errors import UserError
-from blueberry.hooks import History, Hook
-from blueberry.train import train
+from blueberry.models.lm.task import LMTask
 
 
 class Interrupt(Exception):
@@ -42,7 +42,7 @@ class KeepState(Hook):
 @pytest.mark.slow
 def test_tiny_learns_well_below_the_unigram_entropy(tiny_model, builtin_data):
     cfg = TrainConfig(train_tokens=200 * 4 * 256, batch_size=4, eval_every=0, eval_tokens=16 * 256, device="cpu")
-    result = train(tiny_model, cfg, builtin_data)
+    result = train(LMTask(tiny_model), cfg, builtin_data)
     unigram = builtin_data.unigram_entropy()
     assert result.val is not None and not result.diverged
     assert result.val.loss < unigram - 0.5, (result.val.loss, unigram)
@@ -51,16 +51,16 @@ def test_tiny_learns_well_below_the_unigram_entropy(tiny_model, builtin_data):
 
 def test_resume_from_checkpoint_is_bitwise_identical(tiny_model, builtin_data, quick_train, tmp_path):
     reference_state = KeepState()
-    reference = train(tiny_model, quick_train, builtin_data, [reference_state])
+    reference = train(LMTask(tiny_model), quick_train, builtin_data, [reference_state])
 
     cfg = replace(quick_train, checkpoint_every=5)
     with pytest.raises(Interrupt):
-        train(tiny_model, cfg, builtin_data, [Checkpointer(tmp_path, every=5), InterruptAt(7)])
+        train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path, every=5), InterruptAt(7)])
     assert latest_checkpoint(tmp_path).name == "step-00000005.pt"
 
     resumed_state, history = KeepState(), History()
     checkpointer = Checkpointer(tmp_path, every=5)
-    resumed = train(tiny_model, cfg, builtin_data, [checkpointer, resumed_state, history])
+    resumed = train(LMTask(tiny_model), cfg, builtin_data, [checkpointer, resumed_state, history])
     assert checkpointer.resumed_from.name == "step-00000005.pt"
     assert history.steps[0].step == 6  # steps 1-5 were not redone
     assert resumed.train_loss == reference.train_loss
@@ -71,25 +71,25 @@ def test_resume_from_checkpoint_is_bitwise_identical(tiny_model, builtin_data, q
 
 
 def test_resuming_with_another_config_is_refused(tiny_model, builtin_data, quick_train, tmp_path):
-    train(tiny_model, quick_train, builtin_data, [Checkpointer(tmp_path)])
+    train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path)])
     with pytest.raises(UserError, match="different configuration"):
-        train(tiny_model, replace(quick_train, muon_lr=0.01), builtin_data, [Checkpointer(tmp_path)])
+        train(LMTask(tiny_model), replace(quick_train, muon_lr=0.01), builtin_data, [Checkpointer(tmp_path)])
 
 
 def test_divergence_stops_the_run_without_raising(tiny_model, builtin_data, quick_train):
     cfg = replace(quick_train, muon_lr=50.0, adamw_lr=50.0, warmup_frac=0.0, grad_clip=0.0)
     history = History()
-    result = train(tiny_model, cfg, builtin_data, [history])
+    result = train(LMTask(tiny_model), cfg, builtin_data, [history])
     assert result.diverged and result.val is None
     assert result.steps < quick_train.total_steps(256)
     assert result.metrics()["final/diverged"] == 1.0
 
 
 def test_target_train_loss_stops_early_and_records_when(tiny_model, builtin_data, quick_train):
-    full = train(tiny_model, quick_train, builtin_data, [history := History()])
+    full = train(LMTask(tiny_model), quick_train, builtin_data, [history := History()])
     target = history.steps[7].smoothed_loss  # a loss the run first reaches at step 8
     assert all(s.smoothed_loss > target for s in history.steps[:7])
-    early = train(tiny_model, replace(quick_train, target_train_loss=target), builtin_data)
+    early = train(LMTask(tiny_model), replace(quick_train, target_train_loss=target), builtin_data)
     assert early.reached_target and early.steps == 8 < full.steps
     assert early.target_tokens == 8 * 4 * 256 and early.target_time_s == early.active_time_s
     assert early.val is not None  # the final validation still runs
@@ -100,8 +100,8 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model, builtin_data, 
     big = replace(quick_train, batch_size=8, grad_accum_steps=1, train_tokens=3 * 8 * 256, optimizer="adamw")
     accumulated = replace(big, batch_size=4, grad_accum_steps=2)
     a, b = History(), History()
-    train(tiny_model, big, builtin_data, [a])
-    train(tiny_model, accumulated, builtin_data, [b])
+    train(LMTask(tiny_model), big, builtin_data, [a])
+    train(LMTask(tiny_model), accumulated, builtin_data, [b])
     assert [s.tokens for s in a.steps] == [s.tokens for s in b.steps]
     for x, y in zip(a.steps, b.steps):
         assert x.loss == pytest.approx(y.loss, rel=1e-5)
@@ -109,7 +109,7 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model, builtin_data, 
 
 def test_step_info_is_complete(tiny_model, builtin_data, quick_train):
     history = History()
-    result = train(tiny_model, quick_train, builtin_data, [history])
+    result = train(LMTask(tiny_model), quick_train, builtin_data, [history])
     assert [s.step for s in history.steps] == list(range(1, result.steps + 1))
     assert [e.step for e in history.evals] == [6, 12]
     assert history.steps[-1].tokens == result.tokens == 12 * 4 * 256
@@ -120,8 +120,8 @@ def test_step_info_is_complete(tiny_model, builtin_data, quick_train):
 def test_compile_warmup_is_untimed_and_leaves_training_unchanged(tiny_model, builtin_data, quick_train):
     eager, compiled = History(), History()
     cfg = replace(quick_train, eval_every=0)
-    train(tiny_model, cfg, builtin_data, [eager])
-    result = train(tiny_model, replace(cfg, compile=True), builtin_data, [compiled])
+    train(LMTask(tiny_model), cfg, builtin_data, [eager])
+    result = train(LMTask(tiny_model), replace(cfg, compile=True), builtin_data, [compiled])
     # Compilation happened in the untimed warm-up: the first timed step is an ordinary step, not one
     # carrying seconds of compilation (whether Inductor's on-disk cache was warm or cold).
     step_times = np.diff([0.0] + [s.active_time_s for s in compiled.steps])
@@ -135,7 +135,7 @@ def test_compile_warmup_is_untimed_and_leaves_training_unchanged(tiny_model, bui
 def test_evaluations_at_token_milestones(tiny_model, builtin_data, quick_train):
     history = History()
     # Steps are 1,024 tokens: 2,500 is first passed at step 3, 5,000 at step 5.
-    train(tiny_model, replace(quick_train, eval_every=0, eval_at_tokens=(2_500, 5_000)), builtin_data, [history])
+    train(LMTask(tiny_model), replace(quick_train, eval_every=0, eval_at_tokens=(2_500, 5_000)), builtin_data, [history])
     assert [e.step for e in history.evals] == [3, 5, 12]
 
 
@@ -143,9 +143,9 @@ def test_evaluations_at_token_milestones(tiny_model, builtin_data, quick_train):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_run_reports_mfu(tiny_model, builtin_data, quick_train):
     # bf16 autocast, fused AdamW and bf16 Polar Express on the GPU; MFU against the GPU's peak.
-    result = train(tiny_model, replace(quick_train, device="cuda"), builtin_data)
+    result = train(LMTask(tiny_model), replace(quick_train, device="cuda"), builtin_data)
     assert not result.diverged and result.val.loss < 9.0
-    from blueberry.hardware import device_name, peak_flops
+    from blueberry.core.hardware import device_name, peak_flops
 
     if peak_flops(torch.device("cuda")) is not None:
         assert 0 < result.mfu < 1, device_name(torch.device("cuda"))

@@ -13,11 +13,11 @@ import tempfile
 
 import ray
 
-from blueberry.config import RunConfig, TrainConfig, tiny
-from blueberry.data import TokenShards
-from blueberry.distributed import DistributedConfig, run_distributed
-from pipelines.builtin_data import builtin_data_dir
-from pipelines.share import share
+from blueberry.core.config import TrainConfig
+from blueberry.models.lm.config import tiny
+from blueberry.models.run import RunConfig
+from blueberry.platform.data import open_shared
+from blueberry.platform.distributed import DistributedConfig, run_distributed
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    data = share(TokenShards.open(builtin_data_dir(256, progress=False)))
+    data = open_shared(RunConfig(tiny()).task(), "builtin")
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):

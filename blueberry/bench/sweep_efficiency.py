@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from blueberry.config import RunConfig, TrainConfig, preset
-from blueberry.sweep import SweepConfig, SweepResult, run_sweep
+from blueberry.core.config import TrainConfig
+from blueberry.models.lm.config import preset
+from blueberry.models.run import RunConfig
+from blueberry.platform.sweep import SweepConfig, SweepResult, run_sweep
 
 MUON_RANGE, ADAMW_RANGE = (0.006, 0.096), (0.0015, 0.024)
 RECORD = {"train.muon_lr": 0.024, "train.adamw_lr": 0.006}

@@ -15,11 +15,12 @@ import time
 
 import torch
 
-from blueberry.config import RunConfig, TrainConfig, preset
-from blueberry.data import TokenShards
-from blueberry.sweep import SweepConfig, run_sweep
-from blueberry.train import train
-from pipelines.builtin_data import builtin_data_dir
+from blueberry.core.config import TrainConfig
+from blueberry.core.loop import train
+from blueberry.models.lm.config import preset
+from blueberry.models.run import RunConfig
+from blueberry.platform.data import open_for
+from blueberry.platform.sweep import SweepConfig, run_sweep
 
 
 def main() -> None:
@@ -29,8 +30,8 @@ def main() -> None:
     base = RunConfig(preset("tiny"), TrainConfig(train_tokens=args.train_tokens, batch_size=8))
     torch.set_num_threads(1)  # what a one-CPU trial gets
     start = time.perf_counter()
-    data = TokenShards.open(builtin_data_dir(256, progress=False))
-    bare = train(base.model, base.train, data)
+    data = open_for(base.task(), "builtin", progress=False)
+    bare = train(base.task(), base.train, data)
     bare_wall = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         result = run_sweep(SweepConfig(experiment="tune_overhead", name="one-trial", preset="tiny", base=base,

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blueberry.cli.common import ArgumentParser, positive_int, run_command
-from blueberry.data import TokenShards
+from blueberry.data.tokens import TokenShards
 from blueberry.errors import UserError
-from pipelines.prepare import PrepareConfig
+from blueberry.platform.data import HUB_TOKENIZER, PrepareConfig, load_tokenizer, prepare, recipe
 
 PROG = "blueberry-data"
 
@@ -54,8 +54,6 @@ def build_parser() -> ArgumentParser:
 
 def prepare_config(args: argparse.Namespace) -> PrepareConfig:
     """A recipe (or the defaults) with the flags the user gave on top."""
-    from pipelines.recipes import HUB_TOKENIZER, recipe
-
     base = recipe(args.recipe) if args.recipe else PrepareConfig()
     given = {"source": args.source, "tokenizer": args.tokenizer, "seq_len": args.seq_len, "max_tokens": args.tokens,
              "max_documents": args.documents, "val_fraction": args.val_fraction, "seed": args.seed,
@@ -70,8 +68,6 @@ def prepare_config(args: argparse.Namespace) -> PrepareConfig:
 def main_body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "prepare":
-        from pipelines.prepare import prepare
-
         manifest = prepare(prepare_config(args), args.out, workers=args.workers, backend=args.backend)
         print(f"{args.out}: {manifest.splits['train'].tokens:,} train and {manifest.splits['val'].tokens:,} "
               f"validation tokens, seq_len {manifest.seq_len}, tokenizer {manifest.tokenizer.name}")
@@ -93,8 +89,6 @@ def describe(directory: Path, samples: int = 3, sample_tokens: int = 40) -> str:
     lines += [f"{name:<11} {s.tokens:,} tokens in {s.sequences:,} sequences, {len(s.files)} shards"
               for name, s in m.splits.items()]
     try:
-        from pipelines.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(m.tokenizer.name)
     except UserError:
         return "\n".join(lines + ["(tokenizer not loadable here: samples not decoded)"])

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from blueberry.cli.common import ArgumentParser, positive_float, run_command
-from blueberry.config import PRESETS
+from blueberry.core.hardware import GPU_ALIASES
 from blueberry.errors import UserError
-from blueberry.hardware import GPU_ALIASES
+from blueberry.models.lm.config import PRESETS
 
 PROG = "blueberry-scale"
 # Besiroglu et al. 2024 (Epoch AI), "Chinchilla Scaling: A replication attempt", Table 1.
@@ -229,7 +229,7 @@ def load_law(args):
 
 
 def plan_text(plan, law_source: str) -> str:
-    from blueberry.hardware import gpu_peak_flops
+    from blueberry.core.hardware import gpu_peak_flops
 
     a = plan.architecture
     lines = [f"Plan under {law_source}",
@@ -256,8 +256,8 @@ def plan_text(plan, law_source: str) -> str:
 
 
 def cmd_plan(args) -> None:
-    from blueberry.config import preset
-    from blueberry.model import count_params
+    from blueberry.models.lm.config import preset
+    from blueberry.models.lm.model import count_params
     from blueberry.scaling.hparams import HparamLaws
     from blueberry.scaling.plan import Target, make_plan
 

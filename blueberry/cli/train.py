@@ -4,30 +4,27 @@
     blueberry-train --preset nano-88m --data DIR --train-tokens 8000000 --target-train-loss 4.5 --compile
 
 A run lives in `--runs-dir/NAME` (checkpoints, MLflow run id, result). The default name is the
-preset plus a hash of the configuration and data, so running the same command again continues an
-interrupted run, and reports a finished one instead of training it twice.
+preset plus the run's identity (`RunConfig.key`: what determines the result, and the data's
+preparation key), so running the same command again continues an interrupted run, and reports a
+finished one instead of training it twice. Changing only how a run is observed (`--eval-every`,
+`--checkpoint-every`) continues the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from blueberry.checkpoint import Checkpointer
 from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
-from blueberry.config import (OPTIMIZER_KINDS, PRECISION_KINDS, PRESETS, SCHEDULE_KINDS, ModelConfig, RunConfig,
-                              TrainConfig)
-from blueberry.config import preset as preset_config
-from blueberry.config import replace
+from blueberry.core.config import OPTIMIZER_KINDS, PRECISION_KINDS, SCHEDULE_KINDS, TrainConfig, replace
+from blueberry.core.events import RunResult
 from blueberry.errors import ConfigError
-from blueberry.hooks import RunResult
-from blueberry.model import scale_params
-from blueberry.progress import ProgressBar
-from blueberry.tracking import MlflowTracker, NullTracker, tracking_uri
+from blueberry.models.lm.config import PRESETS, ModelConfig
+from blueberry.models.lm.config import preset as preset_config
+from blueberry.models.run import RunConfig
 
 PROG = "blueberry-train"
 
@@ -90,8 +87,8 @@ def parse_overrides(items: list[str], cls: type) -> dict[str, object]:
 
 
 def run_params(run: RunConfig, preset_name: str, data: str) -> dict[str, object]:
-    """The flattened config plus the quantities scaling fits read (`scale_params`)."""
-    return {**run.flatten(), "preset": preset_name, "data": data, **scale_params(run)}
+    """The flattened config plus the quantities scaling fits read (`Task.scale_params`)."""
+    return {**run.flatten(), "preset": preset_name, "data": data, **run.task().scale_params(run.train)}
 
 
 def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str:
@@ -123,13 +120,18 @@ def main_body(argv: Sequence[str] | None) -> int:
     train_cfg = replace(TrainConfig(compile=args.compile),
                         **{k: v for k, v in overrides.items() if v is not None})
     run = RunConfig(model_cfg, train_cfg)
-    from pipelines.builtin_data import open_data
+    task = run.task()
+    # Imported here, not at the top: the data pipeline, MLflow and the loop take seconds to import,
+    # and a flag error should answer at once.
+    from blueberry.core.checkpoint import Checkpointer
+    from blueberry.core.hooks import Hooks
+    from blueberry.core.loop import train
+    from blueberry.core.progress import ProgressBar
+    from blueberry.platform.data import open_for
+    from blueberry.platform.tracking import MlflowTracker, NullTracker, tracking_uri
 
-    data = open_data(args.data, model_cfg.seq_len, progress=not args.no_progress)
-    data.check_fits(model_cfg)
-
-    key = hashlib.sha256((run.to_json() + data.manifest.preparation_key).encode()).hexdigest()[:10]
-    name = args.run_name or f"{args.preset}-{key}"
+    data = open_for(task, args.data, progress=not args.no_progress)
+    name = args.run_name or f"{args.preset}-{run.key(data=data.manifest.preparation_key)}"
     run_dir = args.runs_dir / name
     result_file = run_dir / "result.json"
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
@@ -138,16 +140,14 @@ def main_body(argv: Sequence[str] | None) -> int:
         print(result_file.read_text())
         return 0
 
-    from blueberry.train import train  # imported late so that flag errors answer instantly
-
     checkpointer = Checkpointer(run_dir / "checkpoints", every=train_cfg.checkpoint_every)
     tracker = NullTracker() if uri is None else MlflowTracker(
         args.experiment, name, params=run_params(run, args.preset, args.data), tags={"preset": args.preset,
                                                                                    "data": args.data},
         uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
         reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
-    hooks = [checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()])
-    result = train(model_cfg, train_cfg, data, hooks)
+    hooks = Hooks([checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()]))
+    result = train(task, train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:
         print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)
     result_file.write_text(json.dumps({"name": name, **result.metrics()}, indent=2))

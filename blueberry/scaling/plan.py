@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blueberry.config import ModelConfig
+from blueberry.core.hardware import gpu_peak_flops
 from blueberry.errors import UserError
-from blueberry.hardware import gpu_peak_flops
-from blueberry.model import count_params
+from blueberry.models.lm.config import ModelConfig
+from blueberry.models.lm.model import count_params
 from blueberry.scaling.hparams import HparamLaws, deepseek_laws
 from blueberry.scaling.law import Law
 

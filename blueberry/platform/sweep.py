@@ -1,41 +1,60 @@
 """Sweeps: Ray Tune + Optuna (TPE) + ASHA over Blueberry runs, every trial tracked in MLflow.
 
 `run_sweep(cfg)` runs a study:
-- token data goes into the object store once (`pipelines.share`) and reaches every trial zero-copy
-  through `tune.with_parameters`;
-- each trial is `blueberry.train.train` with two hooks: `TuneReport` (reports to Tune at every
+- the data goes into the object store once (`blueberry.platform.data`) and reaches every trial
+  zero-copy through `tune.with_parameters`;
+- each trial is `blueberry.core.loop.train` on the base config's task (any registered model kind)
+  with two hooks: `TuneReport` (reports to Tune at every
   evaluation with a checkpoint, and restores from Tune's checkpoint when a trial is retried) and an
   MLflow tracker logging a child run under the study's parent run, from inside the trial, so it works
   on remote nodes against a tracking server;
 - Optuna's TPE (seeded) proposes configurations, the record configuration first; ASHA stops weak
-  trials early by **tokens seen**, re-checking promotions made before a rung had company
-  (`blueberry.schedulers.ProvisionalASHA`); a diverged trial reports a large finite loss and `diverged = 1`;
+  trials early by **units seen** (the task's unit, reported as `tokens`), re-checking promotions made
+  before a rung had company (`blueberry.platform.schedulers.ProvisionalASHA`); a diverged trial
+  reports a large finite loss and `diverged = 1`;
 - the study's name is its resume key: running it again restores the Tuner (with the searcher's
   state), keeps finished trials, retries errored ones, and finds each trial's MLflow run again
   instead of creating a second;
 - the driver closes the runs of trials ASHA stopped, and writes the parent run's summary: trials.csv,
   best_config.json, loss-vs-parameter plots and all learning curves.
+
+Ray, Tune and Optuna are imported inside the functions that use them: importing them takes seconds,
+and a study's flag errors and `--help` should answer at once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from blueberry.checkpoint import ray_checkpoint, restore_ray_checkpoint
-from blueberry.config import ModelConfig, RunConfig, TrainConfig, replace
+from blueberry.core.config import TrainConfig, replace
+from blueberry.core.events import EvalInfo, RunResult
+from blueberry.core.hooks import Hook, Hooks
+from blueberry.core.loop import train
+from blueberry.core.state import TrainState
 from blueberry.errors import UserError
-from blueberry.hooks import EvalInfo, Hook, RunResult
-from blueberry.model import scale_params
+from blueberry.models.run import RunConfig
+from blueberry.platform.cluster import connect, ray_checkpoint, restore_ray_checkpoint, storage_path
+from blueberry.platform.data import open_shared
+from blueberry.platform.report import close_trial_runs, write_summary
+from blueberry.platform.search import apply_params, flat_overrides
+from blueberry.platform.tracking import (
+    CONFIG_TAG,
+    KIND_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    MlflowTracker,
+    absolute_uri,
+    client,
+    ensure_experiment,
+    find_run,
+    tracking_uri,
+)
 
 DIVERGED_LOSS = 100.0  # what a diverged trial reports: far worse than any real loss, but finite for TPE
-STUDY_TAG, TRIAL_TAG, KIND_TAG, STATUS_TAG = "blueberry.study", "blueberry.trial_id", "blueberry.kind", "status"
-CONFIG_TAG = "blueberry.config_hash"  # the same configuration anywhere in an experiment has the same hash
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,7 @@ class SweepConfig:
 
     experiment: str  # one MLflow experiment per study (lr_sweep, batch_sweep, ...)
     name: str  # this execution's name: the resume key and the parent run's name
-    preset: str
+    preset: str  # the base model's name (a preset), recorded with every trial
     base: RunConfig
     # Optuna define-by-run on dotted field names. Module-level (or a partial of one): Tune pickles it.
     space: Callable[[Any], dict[str, Any] | None] | None
@@ -52,7 +71,9 @@ class SweepConfig:
     grid: dict[str, list[Any]] | None = None  # instead of a search: every value of each key, no ASHA
     metric: str = "val_loss"  # or "target_tokens" for speedrun studies
     trials: int = 8
-    data: str = "builtin"
+    # What `--data` names (`builtin` or a prepared directory), or a handle with `open()` that
+    # trials call (`blueberry.platform.data.open_shared` makes one; a task with other data brings its own).
+    data: Any = "builtin"
     storage: str | None = None  # Ray storage path or URI (shared on multi-node); default ~/ray_results
     tracking_uri: str | None = None
     gpus_per_trial: float | None = None  # None: 1 on a GPU cluster, 0 otherwise
@@ -76,40 +97,8 @@ class SweepConfig:
             raise UserError("a tokens-to-target study needs --target-train-loss")
 
 
-def flat_overrides(params: dict[str, Any]) -> dict[str, Any]:
-    """Search params as dotted overrides; a `point` param holds several at once (a grid point that
-    couples fields, like a model size with its token budget)."""
-    flat = {k: v for k, v in params.items() if k != "point"}
-    return {**flat, **params.get("point", {})}
-
-
-def config_hash(run: RunConfig) -> str:
-    """A key for what determines a run's result. How often it is evaluated, logged or checkpointed
-    changes what is recorded, not what is trained, so those fields do not enter the key."""
-    observed = replace(run.train, eval_every=0, eval_at_tokens=(), log_every=1, checkpoint_every=0)
-    return hashlib.sha256(RunConfig(run.model, observed).to_json().encode()).hexdigest()[:16]
-
-
-def storage_path(storage: str | None) -> str:
-    """Ray's storage: a URI as given, a local path made absolute, or ~/ray_results by default."""
-    if storage and "://" in storage:
-        return storage
-    return str(Path(storage or "~/ray_results").expanduser().resolve())
-
-
-def apply_params(base: RunConfig, params: dict[str, Any]) -> RunConfig:
-    """`base` with dotted overrides: {"train.muon_lr": 0.01, "model.n_layers": 8} (see `flat_overrides`)."""
-    model, train = {}, {}
-    for key, value in flat_overrides(params).items():
-        section, _, name = key.partition(".")
-        if section not in ("model", "train") or not name:
-            raise UserError(f"search parameter {key!r} must be model.<field> or train.<field>")
-        (model if section == "model" else train)[name] = value
-    return RunConfig(replace(base.model, **model), replace(base.train, **train))
-
-
 def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int) -> dict[str, float]:
-    """What a trial reports to Tune: the loss (or tokens to target), tokens seen, divergence."""
+    """What a trial reports to Tune: the loss (or units to target), units seen, divergence."""
     if result is not None and result.diverged:
         return {"val_loss": DIVERGED_LOSS, "target_tokens": 2.0 * budget, "tokens": result.tokens, "diverged": 1.0}
     loss = result.val.loss if result is not None and result.val is not None else info.loss if info else math.nan
@@ -129,12 +118,12 @@ class TuneReport(Hook):
         self.budget = budget
         self.resumed_step = 0
 
-    def on_start(self, state: Any) -> None:
+    def on_start(self, state: TrainState) -> None:
         from ray import tune
 
         self.resumed_step = restore_ray_checkpoint(tune.get_checkpoint(), state)
 
-    def on_eval(self, info: EvalInfo, state: Any) -> None:
+    def on_eval(self, info: EvalInfo, state: TrainState) -> None:
         from ray import tune
 
         if info.tokens >= self.budget:
@@ -142,7 +131,7 @@ class TuneReport(Hook):
         with ray_checkpoint(state, tune.Checkpoint) as checkpoint:
             tune.report(self._metrics(info, None), checkpoint=checkpoint)
 
-    def on_end(self, result: RunResult, state: Any) -> None:
+    def on_end(self, result: RunResult, state: TrainState) -> None:
         from ray import tune
 
         tune.report(self._metrics(None, result))
@@ -165,28 +154,26 @@ class TrialContext:
 
 
 def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
-    """The Tune trainable: one Blueberry run with Tune reporting and an MLflow child run."""
+    """The Tune trainable: one run of the base config's task with Tune reporting and an MLflow child run."""
     import torch
     from ray import tune
 
-    from blueberry.tracking import MlflowTracker
-    from blueberry.train import train
-
     torch.set_num_threads(context.threads)
     run = apply_params(context.base, params)
+    task = run.task()
     trial_id = tune.get_context().get_trial_id()
-    size = scale_params(run)
-    budget = size["D"]
+    size = task.scale_params(run.train)
+    budget = run.train.budget_tokens(task.units_per_sample)
     tracker = MlflowTracker(
         context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
-        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * budget,
+        params={**run.flatten(), "preset": context.preset, **size,
                 **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
-        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: config_hash(run)},
+        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key()},
         parent_run_id=context.parent_run_id,
         identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
     # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
     # tracker had not logged by then would be lost.
-    train(run.model, run.train, data.open(), [tracker, TuneReport(budget)])
+    train(task, run.train, data.open(), Hooks([tracker, TuneReport(budget)]))
 
 
 def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
@@ -208,19 +195,19 @@ def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     return ({"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}), concurrent
 
 
-def asha_grace_tokens(train: TrainConfig, seq_len: int, fraction: float) -> int:
-    """ASHA's first rung: `fraction` of the token budget, snapped to the nearest evaluation (at least
-    the first). Trials report only when they evaluate, and ASHA decides at the first report at or past
-    a rung, so a rung between two evaluations would let every trial run on to the next one. With the
+def asha_grace_tokens(train: TrainConfig, units_per_sample: int, fraction: float) -> int:
+    """ASHA's first rung: `fraction` of the budget, snapped to the nearest evaluation (at least the
+    first). Trials report only when they evaluate, and ASHA decides at the first report at or past a
+    rung, so a rung between two evaluations would let every trial run on to the next one. With the
     first rung on an evaluation, every later rung (first x reduction factor^k) is on one too."""
-    budget = train.budget_tokens(seq_len)
-    every = train.eval_every * train.tokens_per_step(seq_len) if train.eval_every > 0 else budget
+    budget = train.budget_tokens(units_per_sample)
+    every = train.eval_every * train.tokens_per_step(units_per_sample) if train.eval_every > 0 else budget
     return min(budget, max(1, round(fraction * budget / every)) * every)
 
 
 def _study_base(cfg: SweepConfig) -> RunConfig:
     """The base config with evaluations spread over the budget, so ASHA has rungs to compare at."""
-    steps = cfg.base.train.total_steps(cfg.base.model.seq_len)
+    steps = cfg.base.train.total_steps(cfg.base.task().units_per_sample)
     return RunConfig(cfg.base.model, replace(cfg.base.train, eval_every=max(1, steps // cfg.evals_per_trial),
                                              checkpoint_every=0))
 
@@ -231,8 +218,6 @@ def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig, must_exist: b
     would be kept by Tune but never recorded in this store; and one with recorded trials must be
     restorable, or they would be trained and recorded again. (A parent run alone, from a driver that
     stopped before Tune saved anything, is simply continued.)"""
-    from blueberry.tracking import find_run
-
     existing = find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "study"})
     if existing is not None:
         if not must_exist and find_run(client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "trial"}):
@@ -250,13 +235,9 @@ def _parent_run(client: Any, experiment_id: str, cfg: SweepConfig, must_exist: b
     return run.info.run_id
 
 
-def _open_data(cfg: SweepConfig, model: ModelConfig) -> Any:
-    from pipelines.builtin_data import open_data
-    from pipelines.share import share
-
-    data = open_data(cfg.data, model.seq_len, progress=False)
-    data.check_fits(model)
-    return share(data)
+def _trial_data(cfg: SweepConfig) -> Any:
+    """The handle trials open their data from: shared once here, or the one the config brings."""
+    return open_shared(cfg.base.task(), cfg.data) if isinstance(cfg.data, str) else cfg.data
 
 
 @dataclass(frozen=True)
@@ -270,10 +251,7 @@ class SweepResult:
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
-    import ray
     from ray import tune
-
-    from blueberry.tracking import absolute_uri, client, ensure_experiment, tracking_uri
 
     uri = absolute_uri(tracking_uri(cfg.tracking_uri))
     mlflow_client = client(uri)
@@ -281,8 +259,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     # Trials checkpoint at every evaluation by design (that is what lets them resume); the warning
     # Tune prints when experiment snapshots follow each other closely is noise for short trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
+    connect()
     resources, concurrent = cluster_resources(cfg)
     base = _study_base(cfg)
     storage = storage_path(cfg.storage)
@@ -291,7 +268,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     parent_run_id = _parent_run(mlflow_client, experiment_id, cfg, must_exist=restoring, storage=path, uri=uri)
     context = TrialContext(base=base, preset=cfg.preset, experiment=cfg.experiment, study=cfg.name,
                            parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=_open_data(cfg, base.model), context=context),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=_trial_data(cfg), context=context),
                                     resources)
     if restoring:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -303,11 +280,9 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
 
-    from blueberry.study_report import close_trial_runs, write_summary
-
-    budget = base.train.budget_tokens(base.model.seq_len)
-    rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results, budget)
-    best = write_summary(mlflow_client, parent_run_id, rows, cfg, base)
+    rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results)
+    best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
+                         params={"preset": cfg.preset, "metric": cfg.metric, "data": str(cfg.data)})
     mlflow_client.set_terminated(parent_run_id, status="FINISHED")
     return SweepResult(experiment_id, parent_run_id, rows, best, path, uri)
 
@@ -319,17 +294,17 @@ def _param_space(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
+    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from blueberry.schedulers import ProvisionalASHA
+    from blueberry.platform.schedulers import ProvisionalASHA
 
     if cfg.grid is not None:
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent)
-    import optuna
-
-    budget = base.train.budget_tokens(base.model.seq_len)
+    units_per_sample = base.task().units_per_sample
+    budget = base.train.budget_tokens(units_per_sample)
     # Optuna's default is 10 random trials before TPE models anything, which would make any study of
     # 10 trials or fewer a random search; a third of the budget (at least 2) leaves room to exploit.
     startup = max(2, min(10, cfg.trials // 3))
@@ -338,7 +313,7 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
                           points_to_evaluate=[cfg.baseline] if cfg.baseline else None)
     asha = ProvisionalASHA if cfg.provisional_promotions else ASHAScheduler
     scheduler = asha(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
-                     grace_period=asha_grace_tokens(base.train, base.model.seq_len, cfg.grace_fraction),
+                     grace_period=asha_grace_tokens(base.train, units_per_sample, cfg.grace_fraction),
                      reduction_factor=cfg.reduction_factor)
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.trials,
                            max_concurrent_trials=concurrent)

@@ -1,6 +1,7 @@
 """Long runs across GPUs: the same `train()` under a Ray Train (V2) `TorchTrainer`, data-parallel.
 
-- Each worker opens the token data from the object store (one copy per node) and reads its own slice
+- The run's task may be any registered model kind; workers build it from the run config.
+- Each worker opens the data from the object store (one copy per node) and reads its own slice
   of every global batch; gradients are averaged by DDP (NCCL on GPUs, gloo on CPUs); tokens are
   counted globally and the effective batch is logged.
 - Every `checkpoint_every` steps and at the end, every worker reports to Ray Train and rank 0 attaches
@@ -9,19 +10,26 @@
   dies. The run's name is its resume key: starting the same name again after the whole job died
   continues from the last checkpoint (Ray Train V2 reloads the run's checkpoint list from storage).
 - Rank 0 alone logs to MLflow, into one run per name that a restart finds again by its tags.
+
+Ray is imported inside the functions that use it: importing it takes seconds, and a command's flag
+errors should answer at once.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from blueberry.checkpoint import ray_checkpoint, restore_ray_checkpoint
-from blueberry.config import RunConfig
+from blueberry.core.events import RunResult, StepInfo
+from blueberry.core.hooks import Hook, Hooks
+from blueberry.core.loop import train
+from blueberry.core.parallel import DataParallel
+from blueberry.core.state import TrainState
 from blueberry.errors import UserError
-from blueberry.hooks import Hook, RunResult, StepInfo
-from blueberry.model import scale_params
+from blueberry.models.run import RunConfig
+from blueberry.platform.cluster import connect, ray_checkpoint, restore_ray_checkpoint, storage_path
+from blueberry.platform.tracking import MlflowTracker, absolute_uri, tracking_uri
 
 RUN_TAG = "blueberry.distributed_run"
 
@@ -49,18 +57,19 @@ class DistributedConfig:
 
 class TrainReport(Hook):
     """Ray Train reporting: restore from the latest checkpoint on start, report (and, on rank 0,
-    checkpoint) every `every` steps and at the end. Every rank reports: Ray Train V2 expects it."""
+    checkpoint) every `every` steps (the cadence `Hooks` enforces) and at the end. Every rank
+    reports: Ray Train V2 expects it."""
 
-    def __init__(self, every: int, rank: int) -> None:
-        self.every, self.rank = every, rank
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
         self.resumed_step = 0
 
-    def on_start(self, state: Any) -> None:
+    def on_start(self, state: TrainState) -> None:
         import ray.train
 
         self.resumed_step = restore_ray_checkpoint(ray.train.get_checkpoint(), state)
 
-    def _report(self, metrics: dict[str, float], state: Any) -> None:
+    def _report(self, metrics: dict[str, float], state: TrainState) -> None:
         import ray.train
 
         metrics = {**metrics, "step": float(state.step), "resumed_from_step": float(self.resumed_step)}
@@ -70,11 +79,11 @@ class TrainReport(Hook):
         with ray_checkpoint(state, ray.train.Checkpoint) as checkpoint:
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    def on_step(self, info: StepInfo, state: Any) -> None:
-        if info.step % self.every == 0 and info.step < info.total_steps:
+    def on_step(self, info: StepInfo, state: TrainState) -> None:
+        if info.step < info.total_steps:  # the last step is reported by on_end, with the final metrics
             self._report({"train_loss": info.smoothed_loss, "tokens": float(info.tokens)}, state)
 
-    def on_end(self, result: RunResult, state: Any) -> None:
+    def on_end(self, result: RunResult, state: TrainState) -> None:
         self._report(result.metrics(), state)
 
 
@@ -83,42 +92,38 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from blueberry.parallel import DataParallel
-    from blueberry.tracking import MlflowTracker
-    from blueberry.train import train
-
     run: RunConfig = config["run"]
     cfg: DistributedConfig = config["cfg"]
+    task = run.task()
     context = ray.train.get_context()
     parallel = DataParallel(rank=context.get_world_rank(), world_size=context.get_world_size())
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    hooks: list[Hook] = []
+    hooks = Hooks()
     if parallel.is_main:  # before TrainReport: MLflow has each step before Ray Train can end the worker
-        size = scale_params(run, parallel.world_size)
-        hooks.append(MlflowTracker(
+        size = task.scale_params(run.train, parallel.world_size)
+        hooks.add(MlflowTracker(
             cfg.experiment, cfg.name, uri=cfg.tracking_uri, log_every=run.train.log_every,
             params={**run.flatten(), "preset": cfg.preset, "workers": parallel.world_size, **size,
-                    "effective_batch_sequences": size["batch_tokens"] // run.model.seq_len},
+                    "effective_batch_sequences": run.train.batch_size * run.train.grad_accum_steps
+                    * parallel.world_size},
             tags={RUN_TAG: cfg.name, **dict(cfg.tags)}, identity={RUN_TAG: cfg.name},
             workers=parallel.world_size))
-    hooks.append(TrainReport(cfg.checkpoint_every, parallel.rank))
-    train(run.model, run.train, config["data"].open(), hooks, parallel)
+    hooks.add(TrainReport(parallel.rank), every=cfg.checkpoint_every)
+    train(task, run.train, config["data"].open(), hooks, parallel)
 
 
 def run_distributed(run: RunConfig, data: Any, cfg: DistributedConfig) -> Any:
-    """Train `run` on `data` (a `pipelines.share.SharedShards` handle) with `cfg.workers` workers.
-    Returns Ray Train's `Result` (its `metrics` are the final metrics)."""
+    """Train `run` on `data` (a handle whose `open()` gives the data in a worker, such as
+    `blueberry.platform.data.open_shared`'s) with `cfg.workers` workers. Returns Ray Train's `Result`
+    (its `metrics` are the final metrics)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchTrainer
 
-    from blueberry.sweep import storage_path
-    from blueberry.tracking import absolute_uri, tracking_uri
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False, configure_logging=False)
+    connect()
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
-    cfg = DistributedConfig(**{**cfg.__dict__, "tracking_uri": absolute_uri(tracking_uri(cfg.tracking_uri))})
+    cfg = dataclasses.replace(cfg, tracking_uri=absolute_uri(tracking_uri(cfg.tracking_uri)))
     storage = storage_path(cfg.storage)
     trainer = TorchTrainer(
         train_worker, train_loop_config={"run": run, "cfg": cfg, "data": data},

@@ -18,15 +18,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from blueberry.core.events import EvalInfo, RunResult, StepInfo
+from blueberry.core.hardware import device_name
+from blueberry.core.hooks import Hook
+from blueberry.core.state import TrainState
 from blueberry.errors import UserError
-from blueberry.hardware import device_name
-from blueberry.hooks import EvalInfo, Hook, RunResult, StepInfo
-from blueberry.plots import loss_curve
+from blueberry.platform.plots import loss_curve
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training runs.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+
+# Tags that name runs, so a restarted driver or trial finds its run again instead of making a second.
+STUDY_TAG, TRIAL_TAG, KIND_TAG, STATUS_TAG = "blueberry.study", "blueberry.trial_id", "blueberry.kind", "status"
+CONFIG_TAG = "blueberry.config_hash"  # the run's identity (`RunConfig.key`): the same work has the same value
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -45,7 +51,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise UserError(f"MLflow tracking server {uri} answered {err.code} on /health: check the URI") from None
     except (urllib.error.URLError, OSError) as err:
         raise UserError(f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}): start it "
-                        "(cluster/mlflow_server.sh), fix --tracking-uri, or pass --no-track") from None
+                        "(cluster/mlflow-server.sh), fix --tracking-uri, or pass --no-track") from None
 
 
 def client(uri: str | None = None) -> Any:
@@ -118,7 +124,8 @@ class MlflowTracker(Hook):
         self.client = client(uri)
         self.experiment_id = ensure_experiment(self.client, experiment)
         self.run_name, self.params, self.tags = run_name, params, dict(tags or {})
-        self.log_every, self.parent_run_id, self.run_id_file = log_every, parent_run_id, run_id_file
+        self.every = log_every  # on_step cadence, enforced where the hook is registered
+        self.parent_run_id, self.run_id_file = parent_run_id, run_id_file
         self.reference_loss = reference_loss  # (value, label): a horizontal line on the loss curve
         self.identity = dict(identity or {})  # tags that name this run uniquely, so a restart finds it
         self.workers = workers  # data-parallel processes: throughput is also logged per worker
@@ -142,13 +149,14 @@ class MlflowTracker(Hook):
             self.run_id_file.write_text(run.info.run_id)
         return run.info.run_id
 
-    def on_start(self, state: Any) -> None:
+    def on_start(self, state: TrainState) -> None:
         from mlflow.entities import Param, RunTag
 
         existing = self._existing_run()  # one lookup: with identity tags it is an MLflow search
         resuming = existing is not None
         self.run_id = existing if resuming else self._create_run()
-        tags = {"device": device_name(state.device), **({"git_commit": c} if (c := git_commit()) else {})}
+        tags = {"device": device_name(state.device), "task": state.task.kind,
+                **({"git_commit": c} if (c := git_commit()) else {})}
         params = [] if resuming else [Param(k, v) for k, v in flat_params(self.params).items()]
         self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, status="RUNNING")
@@ -159,9 +167,7 @@ class MlflowTracker(Hook):
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def on_step(self, info: StepInfo, state: Any) -> None:
-        if info.step % self.log_every and info.step != info.total_steps:
-            return
+    def on_step(self, info: StepInfo, state: TrainState) -> None:
         metrics = {"train/loss": info.loss, "train/smoothed_loss": info.smoothed_loss, "train/tokens": info.tokens,
                    "train/lr_multiplier": info.lr_multiplier, "train/tokens_per_s": info.tokens_per_s}
         metrics |= {f"train/lr_group{i}": g["lr"] for i, g in enumerate(state.optimizer.param_groups)}
@@ -171,21 +177,21 @@ class MlflowTracker(Hook):
             metrics["train/tokens_per_s_per_worker"] = info.tokens_per_s / self.workers
         self._log(metrics, info.step)
 
-    def on_eval(self, info: EvalInfo, state: Any) -> None:
-        self._log({"val/loss": info.loss, "val/accuracy": info.accuracy, "val/perplexity": info.perplexity,
-                   "val/tokens": info.tokens}, info.step)
+    def on_eval(self, info: EvalInfo, state: TrainState) -> None:
+        self._log({**{f"val/{name}": value for name, value in info.metrics.items()}, "val/tokens": info.tokens},
+                  info.step)
 
-    def on_end(self, result: RunResult, state: Any) -> None:
+    def on_end(self, result: RunResult, state: TrainState) -> None:
         self._log(result.metrics(), result.steps)
         self.client.set_tag(self.run_id, "outcome", "diverged" if result.diverged else "finished")
         with tempfile.TemporaryDirectory() as tmp:
             config_path = Path(tmp) / "config.json"
-            config_path.write_text(state.run.to_json())
+            config_path.write_text(json.dumps(state.record, indent=2, sort_keys=True))
             self.client.log_artifact(self.run_id, str(config_path))
             self.client.log_artifact(self.run_id, str(self._draw_loss_curve(Path(tmp) / "loss_curve.png", state)))
         self.client.set_terminated(self.run_id, status="FINISHED")
 
-    def _draw_loss_curve(self, path: Path, state: Any) -> Path:
+    def _draw_loss_curve(self, path: Path, state: TrainState) -> Path:
         """From the run's logged history, so a resumed run's curve includes what came before the resume."""
         tokens_per_step = state.tokens_per_step
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any
+
 import torch
 
 from blueberry.errors import ConfigError
@@ -59,3 +62,9 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = device_name(device)
     return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast for `precision` bf16, or auto on CUDA; otherwise a context that changes nothing."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()

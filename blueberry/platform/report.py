@@ -15,9 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from blueberry.config import RunConfig  # noqa: E402
-from blueberry.sweep import STATUS_TAG, STUDY_TAG, TRIAL_TAG, SweepConfig, apply_params, flat_overrides  # noqa: E402
-from blueberry.tracking import find_run  # noqa: E402
+from blueberry.models.run import RunConfig  # noqa: E402
+from blueberry.platform.search import apply_params, flat_overrides, is_config_key  # noqa: E402
+from blueberry.platform.tracking import STATUS_TAG, STUDY_TAG, TRIAL_TAG, find_run  # noqa: E402
 
 # Tune's outcome -> (our status tag, MLflow run status)
 STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
@@ -31,7 +31,7 @@ def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
     return "finished" if metrics.get("completed") else "stopped_early"
 
 
-def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, budget: int) -> list[dict[str, Any]]:
+def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any) -> list[dict[str, Any]]:
     """One row per trial; each trial's MLflow run gets its final status (trials ASHA stopped cannot
     close their own runs: Tune ends them mid-step)."""
     rows = []
@@ -61,7 +61,7 @@ def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
 
 
 def _searched_keys(rows: list[dict[str, Any]]) -> list[str]:
-    return sorted({k for r in rows for k in r if k.startswith(("model.", "train."))})
+    return sorted({k for r in rows for k in r if is_config_key(k)})
 
 
 def _plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
@@ -113,12 +113,13 @@ def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], cfg: SweepConfig,
-                  base: RunConfig) -> dict[str, Any] | None:
-    """trials.csv, best_config.json and two plots on the parent run; best metrics as its metrics."""
+def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], metric: str, base: RunConfig,
+                  params: dict[str, Any]) -> dict[str, Any] | None:
+    """trials.csv, best_config.json and two plots on the parent run; best metrics as its metrics and
+    `params` (what the study was run with) as its params."""
     from mlflow.entities import Metric, Param
 
-    best = best_row(rows, cfg.metric)
+    best = best_row(rows, metric)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("trial_id", "status"), k))
@@ -126,13 +127,13 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], c
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        artifacts = [tmp_path / "trials.csv", _plot_params(rows, cfg.metric, tmp_path / "loss_vs_params.png"),
+        artifacts = [tmp_path / "trials.csv", _plot_params(rows, metric, tmp_path / "loss_vs_params.png"),
                      _plot_curves(client, rows, tmp_path / "learning_curves.png")]
         if best is not None:
-            params = {k: v for k, v in best.items() if k.startswith(("model.", "train."))}
-            run = apply_params(base, params)
+            best_params = {k: v for k, v in best.items() if is_config_key(k)}
+            run = apply_params(base, best_params)
             (tmp_path / "best_config.json").write_text(json.dumps(
-                {"trial_id": best["trial_id"], cfg.metric: best[cfg.metric], "params": params,
+                {"trial_id": best["trial_id"], metric: best[metric], "params": best_params,
                  "config": json.loads(run.to_json())}, indent=2))
             artifacts.append(tmp_path / "best_config.json")
         for artifact in artifacts:
@@ -140,8 +141,7 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], c
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUSES}
     metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
     if best is not None:
-        metrics[f"best_{cfg.metric}"] = float(best[cfg.metric])
+        metrics[f"best_{metric}"] = float(best[metric])
     client.log_batch(parent_run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in {"preset": cfg.preset, "metric": cfg.metric,
-                                                           "data": cfg.data}.items()])
+                     params=[Param(k, str(v)) for k, v in params.items()])
     return best

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from blueberry.config import ModelConfig, RunConfig
+from blueberry.models.lm.config import ModelConfig
 
 INIT_STD = 0.02
 
@@ -193,15 +193,6 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     non_embedding = cfg.n_layers * (attention + experts_total + norms) + d
     active = cfg.n_layers * (attention + experts_active + norms) + d
     return ParamCount(total=embedding + non_embedding, non_embedding=non_embedding, active=active + embedding)
-
-
-def scale_params(run: RunConfig, world_size: int = 1) -> dict[str, int]:
-    """What scaling fits read from every tracked run: N (total parameters, the Chinchilla convention
-    that D = C / 6N uses), N_non_embedding, D (tokens trained) and the global batch in tokens."""
-    counts = count_params(run.model)
-    return {"N": counts.total, "N_non_embedding": counts.non_embedding,
-            "D": run.train.budget_tokens(run.model.seq_len, world_size),
-            "batch_tokens": run.train.tokens_per_step(run.model.seq_len, world_size)}
 
 
 def flops_per_token(cfg: ModelConfig) -> float:

@@ -11,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-
 def loss_curve(train: Sequence[tuple[float, float]], smoothed: Sequence[tuple[float, float]],
                val: Sequence[tuple[float, float]], path: Path, title: str = "",
                reference: tuple[float, str] | None = None) -> Path:

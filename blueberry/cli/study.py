@@ -1,0 +1,207 @@
+"""The command line every study script shares.
+
+A study script subclasses `Study`: its docstring states the question, and it declares what differs
+(a search `space` or a `grid`, a `baseline`, extra flags, a report). `Study.main()` does the rest:
+common flags in, a `SweepConfig` out, the sweep run, a summary printed.
+
+    class LrSweep(Study):
+        \"\"\"Which learning rates train Blueberry best under Muon + AdamW?\"\"\"
+
+        experiment = "lr_sweep"
+
+        def space(self, trial, base):
+            trial.suggest_float("train.muon_lr", 3e-3, 1e-1, log=True)
+
+With no flags, a study sizes itself to the machine: on a cluster with GPUs, the `gpu` scale (the
+record `nano-88m` speedrun, 8,011,776 tokens a trial); without GPUs, the `cpu` scale (a small but
+meaningful version on the built-in corpus with the `tiny` preset). `--smoke` is the two-minute check
+on two CPU cores. Building a config (`Study.sweep_config`) never starts Ray: only choosing the scale
+by asking the cluster does, when no `--scale` (or `--smoke`) is given and the study's cpu and gpu
+scales differ.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from argparse import Namespace
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
+from blueberry.core.config import TrainConfig
+from blueberry.models.lm.config import PRESETS, preset
+from blueberry.models.run import RunConfig
+from blueberry.platform.search import is_config_key
+
+
+@dataclass(frozen=True)
+class StudyScale:
+    """How big a study's runs are at one scale."""
+
+    name: str  # smoke | cpu | gpu
+    preset: str
+    train_tokens: int
+    trials: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Scales:
+    smoke: StudyScale
+    cpu: StudyScale
+    gpu: StudyScale
+
+    def named(self, name: str) -> StudyScale:
+        return {"smoke": self.smoke, "cpu": self.cpu, "gpu": self.gpu}[name]
+
+
+SWEEP_SCALES = Scales(
+    smoke=StudyScale("smoke", "tiny", 40_960, 4, 4),  # two minutes on two cores
+    cpu=StudyScale("cpu", "tiny", 409_600, 8, 8),  # CPUs only: about 50 steps of 8 x 256 per trial
+    gpu=StudyScale("gpu", "nano-88m", 8_011_776, 16, 8),  # a GPU cluster: the speedrun record's budget
+)
+
+
+class Study:
+    """A question answered by a sweep. Subclasses set `experiment`, state the question in their
+    docstring, and override what they need; `main()` runs them."""
+
+    experiment: ClassVar[str]
+    metric: ClassVar[str] = "val_loss"  # or "target_tokens" for speedrun studies
+    scales: ClassVar[Scales] = SWEEP_SCALES
+    evals_per_trial: ClassVar[int] = 8
+    # Optuna define-by-run over dotted fields, as a method `space(self, trial, base)`; None: a grid study.
+    space: Any = None
+
+    def baseline(self, base: RunConfig) -> dict[str, Any]:
+        """The record point, evaluated first (dotted overrides of `base`)."""
+        return {}
+
+    def grid(self, args: Namespace, base: RunConfig, scale: StudyScale) -> dict[str, list[Any]] | None:
+        """Instead of a search: every combination of these values, no early stopping."""
+        return None
+
+    def add_flags(self, parser: ArgumentParser) -> None:
+        """Flags of this study beyond the common ones."""
+
+    def train_overrides(self, args: Namespace, scale: StudyScale) -> dict[str, Any]:
+        """`TrainConfig` fields this study sets from its flags."""
+        return {}
+
+    def report(self, cfg: Any, result: Any) -> str:
+        """Lines printed after the summary."""
+        return ""
+
+    # The machinery: flags, scale, configs, running.
+
+    @property
+    def question(self) -> str:
+        return (type(self).__doc__ or self.experiment).strip().splitlines()[0]
+
+    def parser(self) -> ArgumentParser:
+        parser = ArgumentParser(prog=sys.argv[0].rsplit("/", 1)[-1], description=self.question)
+        parser.add_argument("--preset", choices=list(PRESETS), help="model preset (default: the scale's)")
+        parser.add_argument("--data", default="builtin", help="a prepared data directory, or builtin (default)")
+        parser.add_argument("--train-tokens", type=positive_int, help="token budget per trial")
+        parser.add_argument("--batch-size", type=positive_int, help="sequences per step for every trial")
+        parser.add_argument("--trials", type=positive_int, help="number of trials")
+        parser.add_argument("--name", help="the resume key (default: the study, preset and the settings' key)")
+        parser.add_argument("--storage", help="Ray storage path or URI (shared across nodes on multi-node clusters)")
+        parser.add_argument("--tracking-uri",
+                            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+        parser.add_argument("--gpus-per-trial", type=float, help="default: 1 on a GPU cluster, else 0")
+        parser.add_argument("--cpus-per-trial", type=positive_float, help="default: CPUs per GPU, or 1 without GPUs")
+        parser.add_argument("--max-concurrent", type=positive_int, help="default: as many trials as the cluster holds")
+        parser.add_argument("--seed", type=int, default=0, help="seeds the search (TPE)")
+        parser.add_argument("--scale", choices=("smoke", "cpu", "gpu"),
+                            help="size the runs for a smoke test, CPUs or GPUs (default: gpu when the cluster has "
+                                 "GPUs, else cpu)")
+        parser.add_argument("--smoke", action="store_true", help="the same as --scale smoke: about two minutes on "
+                                                                 "2 CPU cores")
+        self.add_flags(parser)
+        return parser
+
+    def scale(self, args: Namespace) -> StudyScale:
+        """The scale the flags name; with none named, gpu or cpu, by asking the cluster (this starts
+        Ray) where the two differ."""
+        if args.smoke:
+            return self.scales.smoke
+        if args.scale:
+            return self.scales.named(args.scale)
+        if self.scales.cpu == self.scales.gpu:
+            return self.scales.gpu
+        from blueberry.platform.cluster import has_gpus  # imports Ray, which only this choice needs
+
+        return self.scales.gpu if has_gpus() else self.scales.cpu
+
+    def base(self, args: Namespace, scale: StudyScale) -> tuple[str, RunConfig]:
+        """(preset name, the base run config) from the flags at `scale`."""
+        preset_name = args.preset or scale.preset
+        train = TrainConfig(train_tokens=args.train_tokens or scale.train_tokens,
+                            batch_size=args.batch_size or scale.batch_size, **self.train_overrides(args, scale))
+        return preset_name, RunConfig(preset(preset_name), train)
+
+    def default_name(self, preset_name: str, base: RunConfig, settings: dict[str, Any]) -> str:
+        """`experiment-preset-key`: the same study of the same settings has the same name, so it resumes."""
+        return f"{self.experiment}-{preset_name}-{base.key(**settings)}"
+
+    def sweep_config(self, args: Namespace, scale: StudyScale) -> Any:
+        """The `SweepConfig` the flags describe at `scale`. Starts nothing."""
+        from blueberry.platform.sweep import SweepConfig
+        from blueberry.platform.tracking import absolute_uri, tracking_uri
+
+        preset_name, base = self.base(args, scale)
+        trials = args.trials or scale.trials
+        grid = self.grid(args, base, scale)
+        # The tracking store is part of a study's identity: the same settings recorded elsewhere are
+        # another study, not one to restore from Ray storage that the new store has never seen.
+        settings = {"study": self.experiment, "trials": trials, "seed": args.seed, "grid": grid, "data": args.data,
+                    "tracking": absolute_uri(tracking_uri(args.tracking_uri))}
+        return SweepConfig(
+            experiment=self.experiment, name=args.name or self.default_name(preset_name, base, settings),
+            preset=preset_name, base=base, grid=grid,
+            space=None if self.space is None else functools.partial(self.space, base=base),
+            baseline=self.baseline(base), metric=self.metric, trials=trials, data=args.data, storage=args.storage,
+            tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+            max_concurrent_trials=args.max_concurrent, evals_per_trial=self.evals_per_trial, seed=args.seed)
+
+    def run(self, args: Namespace, scale: StudyScale) -> str:
+        """Run the study; what to print."""
+        from blueberry.platform.sweep import run_sweep
+
+        cfg = self.sweep_config(args, scale)
+        result = run_sweep(cfg)
+        return "\n".join(part for part in (summary(cfg, result), self.report(cfg, result)) if part)
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        def body(argv: Sequence[str] | None) -> int:
+            args = self.parser().parse_args(argv)
+            print(self.run(args, self.scale(args)))
+            return 0
+
+        return run_command(self.experiment, body, argv)
+
+
+def summary(cfg: Any, result: Any) -> str:
+    from blueberry.platform.tracking import ui_link
+
+    counts: dict[str, int] = {}
+    for row in result.trials:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    lines = [f"study        {cfg.experiment} / {cfg.name}: {len(result.trials)} trials "
+             f"({', '.join(f'{n} {s.replace(chr(95), chr(32))}' for s, n in sorted(counts.items()))})"]
+    if result.best is not None:
+        params = {k: v for k, v in result.best.items() if is_config_key(k)}
+        lines.append(f"best         {cfg.metric} {result.best[cfg.metric]:.4f}  {json.dumps(params, default=str)}")
+    lines.append(f"Ray results  {result.storage_path}  (run the same command again to resume)")
+    lines.append(f"MLflow       {result.tracking_uri}, experiment {cfg.experiment!r}, parent run {result.parent_run_id}")
+    link = ui_link(result.tracking_uri, result.experiment_id)
+    if link:
+        lines.append(f"see it:      {link}")
+    elif result.tracking_uri.startswith("sqlite:"):
+        lines.append(f"see it:      mlflow ui --backend-store-uri {result.tracking_uri}, then open the experiment "
+                     "(choose 'Model training' at the top left)")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""`TrainState`: everything that changes during training, and so everything a checkpoint holds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from blueberry.core.config import TrainConfig, to_dict
+from blueberry.core.optim import OptimizerSet
+from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
+from blueberry.core.task import Task
+from blueberry.errors import UserError
+
+
+def run_record(task: Task, train: TrainConfig) -> dict[str, Any]:
+    """A run's whole configuration as plain data: the task kind, its model config and the train config."""
+    return {"task": task.kind, "model": to_dict(task.config), "train": to_dict(train)}
+
+
+class TrainState:
+    """The model, optimizer, data position and the loop's counters; `state_dict()` is a complete
+    checkpoint, which also records what loading the weights alone needs (task kind, model config,
+    what the task says of its data, such as the tokenizer)."""
+
+    _COUNTERS = ("step", "tokens", "loss_ema", "ema_weight", "first_loss", "active_time_s", "eval_time_s",
+                 "target_tokens", "target_time_s")
+
+    def __init__(self, task: Task, train: TrainConfig, model: nn.Module, optimizer: OptimizerSet, stream: Any,
+                 device: torch.device, parallel: DataParallel = SINGLE_PROCESS,
+                 data_description: dict[str, Any] | None = None) -> None:
+        self.task, self.train, self.model, self.optimizer, self.stream = task, train, model, optimizer, stream
+        self.device, self.parallel = device, parallel
+        self.record = run_record(task, train)
+        self.data_description = dict(data_description or {})
+        self.tokens_per_step = train.tokens_per_step(task.units_per_sample, parallel.world_size)
+        self.step = 0
+        self.tokens = 0
+        self.loss_ema = 0.0
+        self.ema_weight = 0.0  # for the EMA's bias correction
+        self.first_loss: float | None = None
+        self.active_time_s = 0.0
+        self.eval_time_s = 0.0
+        self.target_tokens: int | None = None
+        self.target_time_s: float | None = None
+
+    @property
+    def smoothed_loss(self) -> float:
+        return self.loss_ema / self.ema_weight if self.ema_weight else math.nan
+
+    def record_loss(self, loss: float, smoothing: float) -> None:
+        self.first_loss = loss if self.first_loss is None else self.first_loss
+        self.loss_ema = smoothing * self.loss_ema + (1 - smoothing) * loss
+        self.ema_weight = smoothing * self.ema_weight + (1 - smoothing)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.record,
+            "data": self.data_description,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data_position": self.stream.position,
+            "torch_rng": torch.get_rng_state(),
+            **{name: getattr(self, name) for name in self._COUNTERS},
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        if payload.get("run") != self.record:
+            raise UserError("the checkpoint was written by a run with a different configuration: "
+                            "resume with the same settings or use a new checkpoint directory")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.stream.position = payload["data_position"]
+        torch.set_rng_state(payload["torch_rng"])
+        for name in self._COUNTERS:
+            setattr(self, name, payload[name])

@@ -1,0 +1,85 @@
+"""The seam between the platform and a model kind.
+
+A `Task` is everything a model kind (the language model, a diffusion transformer, a VQ-VAE...) gives
+the platform: how to build its model from its config, the loss of a batch, its evaluation as named
+metrics, the unit its progress is counted in and how many units a sample holds, FLOPs per unit, and
+the numbers a scaling fit reads. The training loop, sweeps, ASHA, Ray Train, tracking and
+checkpoints take a Task and never name a model class; a new kind adds a folder under
+`blueberry/models/` and registers its Task there.
+
+What a Task needs of its data is small: `train_stream(batch_size, seed, rank=, world_size=)` for
+the loop (a stream with `next()`, `peek()` and an integer `position`), plus whatever its own
+`evaluate` and `check_data` read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
+
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from blueberry.core.config import TrainConfig
+    from blueberry.core.parallel import DataParallel
+
+ModelConfigT = TypeVar("ModelConfigT")
+
+
+class Loss(NamedTuple):
+    value: torch.Tensor  # the loss the run reports and judges (divergence, target, ASHA)
+    aux: torch.Tensor  # added to `value` for the gradient only (an MoE balancing loss, a KL term); may be 0
+
+
+class Task(ABC, Generic[ModelConfigT]):
+    """A model kind, bound to one model config."""
+
+    kind: ClassVar[str]  # the registry name, recorded in runs and checkpoints
+    unit: ClassVar[str]  # what progress counts: "tokens", "images", "samples"
+    config_class: ClassVar[type]  # the model config dataclass
+
+    def __init__(self, config: ModelConfigT) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (on the CPU; the loop moves it)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> Loss:
+        """The training loss of one batch from the data's train stream, already on the device."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, data: Any, train: TrainConfig, device: torch.device,
+                 parallel: DataParallel) -> dict[str, float]:
+        """Validation metrics by name, summed over data-parallel ranks; always includes "loss"."""
+
+    @property
+    @abstractmethod
+    def units_per_sample(self) -> int:
+        """Units in one sample of a batch (for the language model: seq_len tokens per row)."""
+
+    @abstractmethod
+    def flops_per_unit(self) -> float:
+        """Training FLOPs (forward and backward) per unit, for MFU."""
+
+    @abstractmethod
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts by name; "total" at least."""
+
+    def scale_params(self, train: TrainConfig, world_size: int = 1) -> dict[str, int | float]:
+        """What scaling fits read from every tracked run. By default: N (total parameters), D (units
+        trained) and the global batch in units."""
+        return {"N": self.param_counts()["total"], "D": train.budget_tokens(self.units_per_sample, world_size),
+                "batch_tokens": train.tokens_per_step(self.units_per_sample, world_size)}
+
+    def check_data(self, data: Any) -> None:
+        """Raise a `DataError` saying how to fix it when `data` cannot train this model."""
+
+    def describe_data(self, data: Any) -> dict[str, Any]:
+        """What a checkpoint records about the data for use without it (the language model: its
+        tokenizer's name, hash and where to find it)."""
+        return {}

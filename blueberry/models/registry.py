@@ -1,0 +1,59 @@
+"""Which model kinds exist: each registers its `Task` here, and everything above looks them up here.
+
+A new kind adds a folder under `blueberry/models/` (config, model, task) and one line below. Tasks
+defined elsewhere (a test's toy task, a lab's experiment) join with `register_task`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blueberry.core.checkpoint import SavedWeights, load_weights
+from blueberry.core.config import from_dict
+from blueberry.core.task import Task
+from blueberry.errors import ConfigError
+from blueberry.models.lm.task import LMTask
+
+_TASKS: dict[str, type[Task]] = {LMTask.kind: LMTask}
+
+
+def register_task(task_class: type[Task]) -> type[Task]:
+    """Add a task kind (usable as a class decorator); a kind name is taken once."""
+    existing = _TASKS.get(task_class.kind)
+    if existing is not None and existing is not task_class:
+        raise ConfigError(f"task kind {task_class.kind!r} is already registered by {existing.__name__}")
+    _TASKS[task_class.kind] = task_class
+    return task_class
+
+
+def task_kinds() -> list[str]:
+    return sorted(_TASKS)
+
+
+def task_class(kind: str) -> type[Task]:
+    if kind not in _TASKS:
+        raise ConfigError(f"unknown task kind {kind!r}; known kinds: {', '.join(task_kinds())}")
+    return _TASKS[kind]
+
+
+def task_class_for(model_config: Any) -> type[Task]:
+    """The task whose model config `model_config` is."""
+    for cls in _TASKS.values():
+        if type(model_config) is cls.config_class:
+            return cls
+    raise ConfigError(f"no registered task takes a {type(model_config).__name__}; known kinds: "
+                      f"{', '.join(task_kinds())}")
+
+
+def make_task(model_config: Any) -> Task:
+    return task_class_for(model_config)(model_config)
+
+
+def load_model(path: str, device: str = "cpu") -> tuple[Task, Any, SavedWeights]:
+    """A checkpoint's task and model, weights loaded, in eval mode: for inference, from the file alone."""
+    saved = load_weights(path, device)
+    cls = task_class(saved.task)
+    task = cls(from_dict(cls.config_class, saved.model_config))
+    model = task.build_model()
+    model.load_state_dict(saved.weights)
+    return task, model.to(device).eval(), saved

@@ -1,0 +1,33 @@
+"""The one door from `blueberry` into `pipelines/`: open what `--data` names, share it through Ray's
+object store, and what `blueberry-data` drives (preparation, recipes, tokenizers). Nothing else in
+`blueberry` imports `pipelines`, which in turn reads only `blueberry.data` and `blueberry.errors`."""
+
+from __future__ import annotations
+
+
+from blueberry.core.task import Task
+from blueberry.data.tokens import TokenShards
+from pipelines.builtin_data import open_data as _open_prepared
+from pipelines.prepare import PrepareConfig, prepare  # noqa: F401  (blueberry-data's, through this door)
+from pipelines.recipes import HUB_TOKENIZER, recipe  # noqa: F401
+from pipelines.share import SharedShards, share
+from pipelines.tokenizer import load_tokenizer  # noqa: F401
+
+
+def open_data(spec: str, seq_len: int, progress: bool = True) -> TokenShards:
+    """`builtin` (the built-in corpus, prepared at `seq_len` on first use and cached) or a prepared directory."""
+    return _open_prepared(spec, seq_len, progress=progress)
+
+
+def open_for(task: Task, spec: str, progress: bool = True) -> TokenShards:
+    """The data `spec` names, checked against `task` (a one-line error when it cannot train it)."""
+    data = open_data(spec, task.units_per_sample, progress=progress)
+    task.check_data(data)
+    return data
+
+
+def open_shared(task: Task, spec: str) -> SharedShards:
+    """The data `spec` names, checked against `task` and put into the object store once: a small
+    handle whose `open()` reads it zero-copy in any trial or worker on the node."""
+    return share(open_for(task, spec, progress=False))
+
