@@ -15,6 +15,8 @@ import sys
 
 from blueberry.cli.common import positive_int
 from blueberry.cli.study import Scales, Study, StudyScale
+from blueberry.platform.data import open_shared
+from blueberry.platform.distributed import DistributedConfig, run_distributed
 
 MILESTONES = (8_011_776, 20_004_864, 100_007_936, 1_000_000_000)
 FULL = StudyScale("gpu", "nano-88m", 1_000_000_000, 1, 8)
@@ -37,9 +39,6 @@ class Marathon(Study):
         return {"eval_every": 0, "eval_at_tokens": milestones}
 
     def run(self, args, scale) -> str:
-        from blueberry.platform.data import open_shared
-        from blueberry.platform.distributed import DistributedConfig, run_distributed
-
         preset_name, run = self.base(args, scale)
         data = open_shared(run.task(), args.data)
         workers = args.workers

@@ -18,11 +18,15 @@ import sys
 
 import numpy as np
 
-from blueberry.cli.study import Scales, Study, StudyScale
+from blueberry.cli.study import Scales, Study, StudyScale, summary
 from blueberry.core.config import replace
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import count_params
 from blueberry.models.run import RunConfig
+from blueberry.platform.search import apply_params
+from blueberry.platform.sweep import run_sweep
+from blueberry.platform.tracking import CONFIG_TAG, STATUS_TAG, client
+from blueberry.scaling.runs import read_mlflow
 
 # (d_model, n_layers) families: head_dim 32 for the small ones, 64 for the GPU ones; d_ff = 4 d_model.
 SMOKE_SHAPES = ((64, 2), (96, 3), (128, 4))
@@ -61,8 +65,6 @@ def grid_points(base: RunConfig, budgets: list[float], shapes, lrs: dict[int, di
 
 def best_lrs(experiment: str, uri: str | None) -> dict[int, dict[str, float]]:
     """Per model size N, the learning rates of a sweep's best finished trial."""
-    from blueberry.scaling.runs import read_mlflow
-
     best: dict[int, tuple[float, dict[str, float]]] = {}
     for row in read_mlflow(experiment, uri):
         if "final/val_loss" not in row:
@@ -76,8 +78,6 @@ def best_lrs(experiment: str, uri: str | None) -> dict[int, dict[str, float]]:
 
 def finished_keys(experiment: str, uri: str | None) -> set[str]:
     """The identities (`RunConfig.key`) of the points this experiment has already finished."""
-    from blueberry.platform.tracking import CONFIG_TAG, STATUS_TAG, client
-
     mlflow_client = client(uri)
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
@@ -106,8 +106,6 @@ class ScalingGrid(Study):
 
     def grid(self, args, base, scale):
         """The points not yet finished in this experiment: a finished point is never trained twice."""
-        from blueberry.platform.search import apply_params
-
         done = finished_keys(self.experiment, args.tracking_uri)
         return {"point": [p for p in self.points(args, base, scale) if apply_params(base, {"point": p}).key() not in done]}
 
@@ -116,9 +114,6 @@ class ScalingGrid(Study):
         total, todo = len(self.points(args, cfg.base, scale)), cfg.grid["point"]
         lines = [f"scaling grid: {total} points, {total - len(todo)} already finished, {len(todo)} to run"]
         if todo:
-            from blueberry.cli.study import summary
-            from blueberry.platform.sweep import run_sweep
-
             lines.append(summary(cfg, run_sweep(cfg)))
             lines.append("fit it:       blueberry-scale fit --experiment scaling_grid"
                          + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))

@@ -52,7 +52,9 @@ def tiny_model():
 def ray_local():
     """One local Ray instance for the session's `ray` tests, shut down at the end even if tests fail."""
     ray = pytest.importorskip("ray")
+    # The toy task package travels to the workers, where importing it registers the task.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"BLUEBERRY_CACHE": os.environ["BLUEBERRY_CACHE"]}})
+             runtime_env={"env_vars": {"BLUEBERRY_CACHE": os.environ["BLUEBERRY_CACHE"]},
+                          "py_modules": [str(Path(__file__).parent / "toy")]})
     yield ray
     ray.shutdown()

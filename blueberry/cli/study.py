@@ -34,7 +34,10 @@ from blueberry.cli.common import ArgumentParser, positive_float, positive_int, r
 from blueberry.core.config import TrainConfig
 from blueberry.models.lm.config import PRESETS, preset
 from blueberry.models.run import RunConfig
+from blueberry.platform.cluster import has_gpus
 from blueberry.platform.search import is_config_key
+from blueberry.platform.sweep import SweepConfig, SweepResult, run_sweep
+from blueberry.platform.tracking import absolute_uri, tracking_uri, ui_link
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Study:
         """`TrainConfig` fields this study sets from its flags."""
         return {}
 
-    def report(self, cfg: Any, result: Any) -> str:
+    def report(self, cfg: SweepConfig, result: SweepResult) -> str:
         """Lines printed after the summary."""
         return ""
 
@@ -133,8 +136,6 @@ class Study:
             return self.scales.named(args.scale)
         if self.scales.cpu == self.scales.gpu:
             return self.scales.gpu
-        from blueberry.platform.cluster import has_gpus  # imports Ray, which only this choice needs
-
         return self.scales.gpu if has_gpus() else self.scales.cpu
 
     def base(self, args: Namespace, scale: StudyScale) -> tuple[str, RunConfig]:
@@ -148,11 +149,8 @@ class Study:
         """`experiment-preset-key`: the same study of the same settings has the same name, so it resumes."""
         return f"{self.experiment}-{preset_name}-{base.key(**settings)}"
 
-    def sweep_config(self, args: Namespace, scale: StudyScale) -> Any:
+    def sweep_config(self, args: Namespace, scale: StudyScale) -> SweepConfig:
         """The `SweepConfig` the flags describe at `scale`. Starts nothing."""
-        from blueberry.platform.sweep import SweepConfig
-        from blueberry.platform.tracking import absolute_uri, tracking_uri
-
         preset_name, base = self.base(args, scale)
         trials = args.trials or scale.trials
         grid = self.grid(args, base, scale)
@@ -170,8 +168,6 @@ class Study:
 
     def run(self, args: Namespace, scale: StudyScale) -> str:
         """Run the study; what to print."""
-        from blueberry.platform.sweep import run_sweep
-
         cfg = self.sweep_config(args, scale)
         result = run_sweep(cfg)
         return "\n".join(part for part in (summary(cfg, result), self.report(cfg, result)) if part)
@@ -185,9 +181,7 @@ class Study:
         return run_command(self.experiment, body, argv)
 
 
-def summary(cfg: Any, result: Any) -> str:
-    from blueberry.platform.tracking import ui_link
-
+def summary(cfg: SweepConfig, result: SweepResult) -> str:
     counts: dict[str, int] = {}
     for row in result.trials:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

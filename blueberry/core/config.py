@@ -98,23 +98,35 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 def apply_overrides(config: ConfigT, overrides: Mapping[str, Any]) -> ConfigT:
     """`config` with dotted paths set: {"train.muon_lr": 0.01, "model.n_layers": 8}. Every level is
     a dataclass; each is rebuilt (and so validated) once with all of its changes."""
+    return _apply(config, overrides, "")
+
+
+def _apply(config: ConfigT, overrides: Mapping[str, Any], prefix: str) -> ConfigT:
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {}
     fields = {f.name for f in dataclasses.fields(config)}
     for path, value in overrides.items():
         head, dot, rest = path.partition(".")
+        where = f"{prefix}{path}"
         if head not in fields or (dot and not rest):
-            raise ConfigError(f"{path!r} names no field of {type(config).__name__}: use one of "
-                              f"{', '.join(sorted(fields))}")
+            raise ConfigError(f"{where!r} names no field of {type(config).__name__}: use "
+                              f"{_field_paths(config, prefix)}")
         if dot:
             if not dataclasses.is_dataclass(getattr(config, head)):
-                raise ConfigError(f"{path!r}: {head} is a value, not a section")
+                raise ConfigError(f"{where!r}: {prefix}{head} is a value, not a section")
             nested.setdefault(head, {})[rest] = value
         else:
             direct[head] = value
     for head, inner in nested.items():
-        direct[head] = apply_overrides(getattr(config, head), inner)
+        direct[head] = _apply(getattr(config, head), inner, f"{prefix}{head}.")
     return dataclasses.replace(config, **direct)
+
+
+def _field_paths(config: Any, prefix: str) -> str:
+    """How to name `config`'s fields in an override: "model.<field> or train.<field>", "train.seed"."""
+    names = [f"{prefix}{f.name}" + (".<field>" if dataclasses.is_dataclass(getattr(config, f.name)) else "")
+             for f in dataclasses.fields(config)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def train(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hook | Iterable[
 
     torch.manual_seed(train_cfg.seed)
     model = task.build_model().to(device)
-    optimizer = build_optimizer(model, train_cfg, device)
+    optimizer = build_optimizer(model, train_cfg, device, task.is_hidden_matrix)
     stream = data.train_stream(train_cfg.batch_size, train_cfg.seed, rank=parallel.rank,
                                world_size=parallel.world_size)
     state = TrainState(task, train_cfg, model, optimizer, stream, device, parallel, task.describe_data(data))

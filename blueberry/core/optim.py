@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from blueberry.core.config import TrainConfig
+from blueberry.errors import ConfigError
 
 # (a, b, c) per step for X <- a X + (b A + c A^2) X with A = X X^T: the five-step Polar Express
 # schedule as modded-nanogpt's speedrun record recomputed it with a 1.02 safety factor (matching the
@@ -116,17 +117,23 @@ class OptimizerSet:
 
 
 def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:
-    """Muon's share: 2-D weights inside transformer blocks, except the MoE router (a tiny classifier head)."""
+    """Muon's share by default: 2-D weights inside the repeated blocks (a module list named `blocks`, as
+    in Blueberry and most transformers), except an MoE router (a tiny classifier head). Embeddings and
+    output heads go to AdamW. A task with another layout says its own (`Task.is_hidden_matrix`)."""
     return param.ndim == 2 and name.startswith("blocks.") and ".router." not in name
 
 
-def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+HiddenRule = Callable[[str, nn.Parameter], bool]
+
+
+def split_params(model: nn.Module, is_hidden: HiddenRule = is_hidden_matrix,
+                 ) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
     """(hidden matrices, other decayed >=2-D params, 1-D params that are never decayed)."""
     hidden, decayed, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if is_hidden_matrix(name, p):
+        if is_hidden(name, p):
             hidden.append(p)
         elif p.ndim >= 2:
             decayed.append(p)
@@ -140,12 +147,16 @@ def _adamw(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device)
                              fused=device.type == "cuda")
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> OptimizerSet:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                    is_hidden: HiddenRule = is_hidden_matrix) -> OptimizerSet:
     """Muon for hidden matrices plus AdamW for the rest, or AdamW for everything."""
-    hidden, decayed, no_decay = split_params(model)
+    hidden, decayed, no_decay = split_params(model, is_hidden)
     if cfg.optimizer == "adamw":
         return OptimizerSet([_adamw([{"params": hidden + decayed, "weight_decay": cfg.weight_decay},
                                      {"params": no_decay, "weight_decay": 0.0}], cfg, device)])
+    if not hidden:
+        raise ConfigError("the model has no hidden matrices for Muon (see Task.is_hidden_matrix): "
+                          "train it with optimizer adamw")
     # bf16 matmuls are what make Polar Express cheap on GPUs; most CPUs have no fast bf16 GEMM.
     ortho_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, ortho_dtype=ortho_dtype)

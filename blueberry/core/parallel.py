@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,6 @@ class DataParallel:
         """DDP when there is more than one process: gradients are averaged across ranks in backward."""
         if self.world_size == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:

@@ -15,14 +15,14 @@ the loop (a stream with `next()`, `peek()` and an integer `position`), plus what
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from blueberry.core.config import TrainConfig
-    from blueberry.core.parallel import DataParallel
+from blueberry.core.config import TrainConfig
+from blueberry.core.optim import is_hidden_matrix
+from blueberry.core.parallel import DataParallel
 
 ModelConfigT = TypeVar("ModelConfigT")
 
@@ -69,6 +69,11 @@ class Task(ABC, Generic[ModelConfigT]):
     @abstractmethod
     def param_counts(self) -> dict[str, int]:
         """Parameter counts by name; "total" at least."""
+
+    def is_hidden_matrix(self, name: str, param: nn.Parameter) -> bool:
+        """Whether Muon (rather than AdamW) updates this parameter; by default the 2-D weights of a
+        transformer's `blocks` (`blueberry.core.optim.is_hidden_matrix`)."""
+        return is_hidden_matrix(name, param)
 
     def scale_params(self, train: TrainConfig, world_size: int = 1) -> dict[str, int | float]:
         """What scaling fits read from every tracked run. By default: N (total parameters), D (units

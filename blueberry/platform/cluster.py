@@ -1,5 +1,9 @@
 """Ray, reached one way: connecting to the cluster, where Ray keeps results, and train state as Ray
-checkpoints (Tune's and Train's reporters share them)."""
+checkpoints (Tune's and Train's reporters share them).
+
+Ray is imported inside the two functions that talk to it: importing it takes a second or more, and
+building configs or printing a flag error should not wait for it.
+"""
 
 from __future__ import annotations
 

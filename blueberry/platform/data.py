@@ -4,7 +4,6 @@ object store, and what `blueberry-data` drives (preparation, recipes, tokenizers
 
 from __future__ import annotations
 
-
 from blueberry.core.task import Task
 from blueberry.data.tokens import TokenShards
 from pipelines.builtin_data import open_data as _open_prepared

@@ -1,5 +1,6 @@
 """A study's summary, written by the driver: each trial's final status in MLflow, and the parent run's
-trials.csv, best_config.json and plots."""
+trials.csv, best_config.json and plots. (MLflow's entities are imported where they are used, like
+`blueberry.platform.tracking` does, to keep MLflow's import off the start-up path.)"""
 
 from __future__ import annotations
 

@@ -281,8 +281,9 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     results = tuner.fit()
 
     rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results)
+    data_label = cfg.data if isinstance(cfg.data, str) else type(cfg.data).__name__
     best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
-                         params={"preset": cfg.preset, "metric": cfg.metric, "data": str(cfg.data)})
+                         params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label})
     mlflow_client.set_terminated(parent_run_id, status="FINISHED")
     return SweepResult(experiment_id, parent_run_id, rows, best, path, uri)
 

@@ -4,6 +4,9 @@ The hook talks to MLflow through `MlflowClient` with explicit run ids, never the
 run", so it behaves the same in a CLI process, a Tune trial on a remote node, or nested under a
 study's parent run. A run id file next to the checkpoints makes a resumed run log into its original
 MLflow run instead of a second one.
+
+MLflow is imported inside the functions that use it: importing it takes over a second, which a
+command's flag error or `--no-track` run should not pay.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def read_csv(path: str | Path) -> list[Row]:
 def read_mlflow(experiment: str, uri: str | None = None) -> list[Row]:
     """Params and metrics of an experiment's finished training runs, one flat row per run. A study's
     parent run (a summary, not a training run) and diverged trials (no final loss) are left out."""
-    from blueberry.platform.tracking import client
+    from blueberry.platform.tracking import client  # here: `blueberry-scale` on CSV files needs no torch or MLflow
 
     mlflow_client = client(uri)
     found = mlflow_client.get_experiment_by_name(experiment)
