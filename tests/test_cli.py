@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -11,6 +12,8 @@ from mlflow import MlflowClient
 from blueberry.cli import data as data_cli
 from blueberry.cli import scale as scale_cli
 from blueberry.cli import train as train_cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_train(*args):
@@ -99,3 +102,40 @@ def test_console_script_exit_status_from_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("blueberry-train: error: unknown preset 'nope'; choose one of tiny, small, "
                                    "nano-88m, nano-151m")
+
+
+STUDY_CONFIG = """
+import json, runpy, sys
+import optuna
+study = runpy.run_path(sys.argv[1])[sys.argv[2]]()
+args = study.parser().parse_args(sys.argv[3:])
+cfg = study.sweep_config(args, study.scale(args))
+trial = optuna.create_study().ask()
+cfg.space(trial)
+print(json.dumps({"name": cfg.name, "tokens": cfg.base.train.train_tokens, "trials": cfg.trials,
+                  "baseline": cfg.baseline, "space": {k: [d.low, d.high] for k, d in trial.distributions.items()},
+                  "heavy": sorted({m.split(".")[0] for m in sys.modules} & {"ray", "mlflow"})}))
+"""
+
+
+def study_config(tmp_path, script, cls, *flags):
+    out = subprocess.run([sys.executable, "-c", STUDY_CONFIG, str(REPO / "studies" / script), cls,
+                          "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *flags],
+                         cwd=tmp_path, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_study_declares_its_question_and_builds_its_config_without_ray(tmp_path):
+    depth = study_config(tmp_path, "depth_sweep.py", "DepthSweep", "--scale", "cpu")
+    assert depth["heavy"] == []  # neither Ray nor MLflow was even imported
+    assert depth["space"] == {"model.n_layers": [1, 8]}  # twice the tiny preset's 4 layers: built from the base
+    assert depth["baseline"] == {"model.n_layers": 4} and depth["tokens"] == 409_600 and depth["trials"] == 8
+    smoke = study_config(tmp_path, "depth_sweep.py", "DepthSweep", "--smoke")
+    assert smoke["tokens"] == 40_960 and smoke["name"] != depth["name"]
+    # The name is the study's identity: the same settings give the same name (so it resumes), others another.
+    assert study_config(tmp_path, "depth_sweep.py", "DepthSweep", "--scale", "cpu")["name"] == depth["name"]
+    assert study_config(tmp_path, "depth_sweep.py", "DepthSweep", "--scale", "cpu", "--seed", "1")["name"] != depth["name"]
+    lr = study_config(tmp_path, "lr_sweep.py", "LrSweep", "--smoke", "--trials", "3")
+    assert lr["baseline"] == {"train.muon_lr": 0.024, "train.adamw_lr": 0.006} and lr["trials"] == 3
+    assert lr["name"].startswith("lr_sweep-tiny-")

@@ -1,13 +1,17 @@
-"""Configs validate on construction, reject what cannot work with a clear message, and round-trip."""
+"""Configs validate on construction, reject what cannot work with a clear message, round-trip, take dotted
+overrides at any depth, and key a run by what determines its result."""
 
+import dataclasses
 import re
 
 import pytest
 
-from blueberry.core.config import TrainConfig, replace
+from blueberry.core.config import OBSERVES, TrainConfig, apply_overrides, replace
+from blueberry.core.identity import run_key
 from blueberry.errors import ConfigError
-from blueberry.models.lm.config import ModelConfig, preset
+from blueberry.models.lm.config import BUILTIN_VOCAB_SIZE, ModelConfig, preset
 from blueberry.models.run import RunConfig
+from pipelines import tokenizer
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -67,3 +71,34 @@ def test_json_round_trip_and_flatten():
     flat = run.flatten()
     assert flat["model.d_model"] == 128 and flat["train.adamw_betas"] == [0.8, 0.9]
     assert all(k.startswith(("model.", "train.")) for k in flat)
+
+
+def test_dotted_overrides_reach_any_nested_config():
+    run = apply_overrides(RunConfig(preset("tiny"), TrainConfig()), {"train.muon_lr": 0.01, "model.n_layers": 2,
+                                                                     "train.seed": 7})
+    assert (run.train.muon_lr, run.train.seed, run.model.n_layers) == (0.01, 7, 2)
+    assert run.model.d_model == 128  # untouched fields stay
+    with pytest.raises(ConfigError, match="'train.lr' names no field of TrainConfig"):
+        apply_overrides(run, {"train.lr": 0.1})
+    with pytest.raises(ConfigError, match="train.seed is a value, not a section"):
+        apply_overrides(run, {"train.seed.x": 1})
+    with pytest.raises(ConfigError, match="n_layers must be positive"):  # each level is validated again
+        apply_overrides(run, {"model.n_layers": 0})
+
+
+def test_run_identity_ignores_what_only_observes():
+    run = RunConfig(preset("tiny"), TrainConfig())
+    observed = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get(OBSERVES)}
+    assert observed == {"eval_every", "eval_at_tokens", "log_every", "checkpoint_every"}
+    watched = RunConfig(run.model, replace(run.train, eval_every=7, eval_at_tokens=(5,), log_every=3,
+                                           checkpoint_every=5))
+    assert watched.key() == run.key() and len(run.key()) == 16
+    # Everything that determines the result changes the key: every other field, the data, the kind.
+    for name, value in (("muon_lr", 0.01), ("eval_tokens", 1024), ("seed", 1), ("batch_size", 4)):
+        assert RunConfig(run.model, replace(run.train, **{name: value})).key() != run.key(), name
+    assert run.key(data="a") != run.key(data="b") != run.key()
+    assert run_key(run, task="lm") == run.key() != run_key(run, task="another-kind")
+
+
+def test_the_builtin_vocabulary_matches_the_presets():
+    assert tokenizer.BUILTIN_VOCAB_SIZE == BUILTIN_VOCAB_SIZE == preset("tiny").vocab_size

@@ -9,10 +9,12 @@ import torch
 
 from blueberry.core.checkpoint import Checkpointer, latest_checkpoint
 from blueberry.core.config import TrainConfig, replace
-from blueberry.core.hooks import History, Hook
+from blueberry.core.hooks import History, Hook, Hooks
 from blueberry.core.loop import train
 from blueberry.errors import UserError
 from blueberry.models.lm.task import LMTask
+from blueberry.models.registry import load_model
+from pipelines.tokenizer import load_tokenizer
 
 
 class Interrupt(Exception):
@@ -149,3 +151,46 @@ def test_cuda_bf16_run_reports_mfu(tiny_model, builtin_data, quick_train):
 
     if peak_flops(torch.device("cuda")) is not None:
         assert 0 < result.mfu < 1, device_name(torch.device("cuda"))
+
+
+class Counts(Hook):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_step(self, info, state):
+        self.steps.append(info.step)
+
+
+def test_hooks_are_called_on_the_cadence_they_are_registered_with(tiny_model, builtin_data, quick_train):
+    every_five, default, never, declared = Counts(), Counts(), Counts(), History(every=4)
+    hooks = Hooks([default, declared]).add(every_five, every=5).add(never, every=0)
+    train(LMTask(tiny_model), quick_train, builtin_data, hooks)
+    assert every_five.steps == [5, 10, 12]  # every fifth step, and the budget's last
+    assert default.steps == list(range(1, 13)) and never.steps == []
+    assert [s.step for s in declared.steps] == [4, 8, 12]  # a hook's own `every` is its default cadence
+
+
+def test_a_checkpoint_alone_serves_inference(tiny_model, builtin_data, quick_train, tmp_path):
+    kept = KeepState()
+    train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path), kept])
+    task, model, saved = load_model(str(tmp_path))  # no optimizer, no data stream
+    assert saved.task == "lm" and task.config == tiny_model and saved.step == 12
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, kept.params[name]), name
+    recorded = saved.data["tokenizer"]
+    assert recorded == dataclasses.asdict(builtin_data.manifest.tokenizer)
+    assert load_tokenizer(recorded["name"]).sha256 == recorded["sha256"]  # where to find it, and that it is the one
+
+
+def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "step-00000001.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_model(str(tmp_path))
+    torch.save({"model": {}}, tmp_path / "step-00000002.pt")
+    with pytest.raises(UserError, match="does not record its run's configuration"):
+        load_model(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        load_model(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="no checkpoint at"):
+        load_model(str(tmp_path / "missing"))

@@ -12,6 +12,7 @@ no pickled code runs on load.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
 def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
 
 
@@ -76,6 +77,8 @@ class SavedWeights:
 def load_weights(path: str | Path, device: torch.device | str = "cpu") -> SavedWeights:
     """The model weights of a checkpoint and their description, without an optimizer or data."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}: pass a checkpoint file or a run's checkpoint directory")
     if path.is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
