@@ -23,6 +23,7 @@ from blueberry.core.config import replace
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import count_params
 from blueberry.models.run import RunConfig
+from blueberry.platform.data import data_key, open_for
 from blueberry.platform.search import apply_params
 from blueberry.platform.sweep import run_sweep
 from blueberry.platform.tracking import CONFIG_TAG, STATUS_TAG, client
@@ -105,9 +106,12 @@ class ScalingGrid(Study):
         return grid_points(base, budgets, SMOKE_SHAPES if smoke else GPU_SHAPES, lrs)
 
     def grid(self, args, base, scale):
-        """The points not yet finished in this experiment: a finished point is never trained twice."""
+        """The points not yet finished in this experiment on this data: a finished point is never
+        trained twice. (Opening the data prepares the built-in corpus on first use.)"""
+        data = data_key(open_for(base.task(), args.data, progress=False))
         done = finished_keys(self.experiment, args.tracking_uri)
-        return {"point": [p for p in self.points(args, base, scale) if apply_params(base, {"point": p}).key() not in done]}
+        return {"point": [p for p in self.points(args, base, scale)
+                          if apply_params(base, {"point": p}).key(data=data) not in done]}
 
     def run(self, args, scale) -> str:
         cfg = self.sweep_config(args, scale)

@@ -9,12 +9,13 @@ import math
 
 import pytest
 import torch
+from interrupts import Interrupt, InterruptAt
 from mlflow import MlflowClient
 from toy.task import NOISE_STD, RegressionConfig, RegressionData, RegressionTask
 
 from blueberry.core.checkpoint import Checkpointer
 from blueberry.core.config import TrainConfig, replace
-from blueberry.core.hooks import History, Hook
+from blueberry.core.hooks import History
 from blueberry.core.loop import train
 from blueberry.models.registry import load_model
 from blueberry.models.run import RunConfig
@@ -31,19 +32,6 @@ def toy_train(steps: int, batch: int = BATCH, **kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def toy_data() -> RegressionData:
     return RegressionData.make()
-
-
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt(Hook):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, info, state):
-        if info.step == self.step:
-            raise Interrupt
 
 
 def test_a_second_kind_learns_through_train(toy_data):

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from interrupts import Interrupt, InterruptAt
 
 from blueberry.core.checkpoint import Checkpointer, latest_checkpoint
 from blueberry.core.config import TrainConfig, replace
@@ -15,21 +16,6 @@ from blueberry.errors import UserError
 from blueberry.models.lm.task import LMTask
 from blueberry.models.registry import load_model
 from pipelines.tokenizer import load_tokenizer
-
-
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAt(Hook):
-    """Kills the run right after step `step` (after the checkpointer has saved it)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, info, state):
-        if info.step == self.step:
-            raise Interrupt
 
 
 def final_params(state_holder):
@@ -194,3 +180,23 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         load_model(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="no checkpoint at"):
         load_model(str(tmp_path / "missing"))
+
+
+def test_resuming_with_another_observation_cadence_continues_the_same_run(tiny_model, builtin_data, quick_train,
+                                                                           tmp_path):
+    reference = train(LMTask(tiny_model), quick_train, builtin_data)
+    with pytest.raises(Interrupt):
+        train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path, every=5), InterruptAt(7)])
+    watched = replace(quick_train, eval_every=4, log_every=3, checkpoint_every=2)  # only how it is observed
+    resumed = train(LMTask(tiny_model), watched, builtin_data, [Checkpointer(tmp_path, every=2)])
+    assert resumed.val.loss == reference.val.loss and resumed.steps == reference.steps
+
+
+def test_a_checkpoint_from_before_run_records_is_refused_clearly(tiny_model, builtin_data, quick_train, tmp_path):
+    train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path)])
+    (path,) = tmp_path.glob("step-*.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["run"], payload["identity"]  # what checkpoints held before they recorded their run
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="older Blueberry"):
+        train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path)])

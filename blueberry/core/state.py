@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from blueberry.core.config import TrainConfig, to_dict
+from blueberry.core.config import TrainConfig, determining, to_dict
 from blueberry.core.optim import OptimizerSet
 from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
 from blueberry.core.task import Task
@@ -18,6 +18,11 @@ from blueberry.errors import UserError
 def run_record(task: Task, train: TrainConfig) -> dict[str, Any]:
     """A run's whole configuration as plain data: the task kind, its model config and the train config."""
     return {"task": task.kind, "model": to_dict(task.config), "train": to_dict(train)}
+
+
+def run_identity(task: Task, train: TrainConfig) -> dict[str, Any]:
+    """`run_record` without the fields that only observe the run: what a resumed run must share."""
+    return {"task": task.kind, "model": determining(task.config), "train": determining(train)}
 
 
 class TrainState:
@@ -34,6 +39,7 @@ class TrainState:
         self.task, self.train, self.model, self.optimizer, self.stream = task, train, model, optimizer, stream
         self.device, self.parallel = device, parallel
         self.record = run_record(task, train)
+        self.identity = run_identity(task, train)
         self.data_description = dict(data_description or {})
         self.tokens_per_step = train.tokens_per_step(task.units_per_sample, parallel.world_size)
         self.step = 0
@@ -58,6 +64,7 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         return {
             "run": self.record,
+            "identity": self.identity,
             "data": self.data_description,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -67,7 +74,12 @@ class TrainState:
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
-        if payload.get("run") != self.record:
+        """Continue from a checkpoint of the same run: the same configuration, except for fields that
+        only observe it (evaluation, logging and checkpoint cadence may change between attempts)."""
+        if "identity" not in payload:
+            raise UserError("the checkpoint was written by an older Blueberry that did not record its run's "
+                            "configuration: start the run again in a new checkpoint directory (or with a new name)")
+        if payload["identity"] != self.identity:
             raise UserError("the checkpoint was written by a run with a different configuration: "
                             "resume with the same settings or use a new checkpoint directory")
         self.model.load_state_dict(payload["model"])

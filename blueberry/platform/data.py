@@ -5,6 +5,7 @@ object store, and what `blueberry-data` drives (preparation, recipes, tokenizers
 from __future__ import annotations
 
 from blueberry.core.task import Task
+from blueberry.data.format import Manifest
 from blueberry.data.tokens import TokenShards
 from pipelines.builtin_data import open_data as _open_prepared
 from pipelines.prepare import PrepareConfig, prepare  # noqa: F401  (blueberry-data's, through this door)
@@ -23,6 +24,16 @@ def open_for(task: Task, spec: str, progress: bool = True) -> TokenShards:
     data = open_data(spec, task.units_per_sample, progress=progress)
     task.check_data(data)
     return data
+
+
+def data_key(data: Any) -> str:
+    """What a run's identity records of its data: the preparation key of token data (the same
+    corpus, tokenizer and format give the same key, wherever the directory is), else the handle's type."""
+    if isinstance(data, SharedShards):
+        return Manifest.from_json(data.manifest_json).preparation_key
+    if isinstance(data, TokenShards):
+        return data.manifest.preparation_key
+    return type(data).__name__
 
 
 def open_shared(task: Task, spec: str) -> SharedShards:

@@ -21,6 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from blueberry.core.events import RunResult, StepInfo
 from blueberry.core.hooks import Hook, Hooks
 from blueberry.core.loop import train
@@ -46,7 +48,7 @@ class DistributedConfig:
     experiment: str = "marathon"
     tracking_uri: str | None = None
     preset: str = ""
-    tags: tuple[tuple[str, str], ...] = ()  # extra MLflow tags (the scaling grid keys points by them)
+    tags: tuple[tuple[str, str], ...] = ()  # extra MLflow tags on the run
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -90,7 +92,6 @@ class TrainReport(Hook):
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker loop: everything Ray-specific is here; the training is `train()`."""
     import ray.train
-    import torch
 
     run: RunConfig = config["run"]
     cfg: DistributedConfig = config["cfg"]

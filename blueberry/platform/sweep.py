@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from blueberry.core.config import TrainConfig, replace
 from blueberry.core.events import EvalInfo, RunResult
 from blueberry.core.hooks import Hook, Hooks
@@ -38,7 +40,7 @@ from blueberry.core.state import TrainState
 from blueberry.errors import UserError
 from blueberry.models.run import RunConfig
 from blueberry.platform.cluster import connect, ray_checkpoint, restore_ray_checkpoint, storage_path
-from blueberry.platform.data import open_shared
+from blueberry.platform.data import data_key, open_shared
 from blueberry.platform.report import close_trial_runs, write_summary
 from blueberry.platform.search import apply_params, flat_overrides
 from blueberry.platform.tracking import (
@@ -65,7 +67,8 @@ class SweepConfig:
     name: str  # this execution's name: the resume key and the parent run's name
     preset: str  # the base model's name (a preset), recorded with every trial
     base: RunConfig
-    # Optuna define-by-run on dotted field names. Module-level (or a partial of one): Tune pickles it.
+    # Optuna define-by-run on dotted field names: a module-level function or a partial of one (`Study`
+    # passes a partial of its `space` method). Tune pickles it with the searcher's state.
     space: Callable[[Any], dict[str, Any] | None] | None
     baseline: dict[str, Any] = field(default_factory=dict)  # the record point, evaluated first
     grid: dict[str, list[Any]] | None = None  # instead of a search: every value of each key, no ASHA
@@ -151,11 +154,11 @@ class TrialContext:
     parent_run_id: str
     tracking_uri: str
     threads: int
+    data_key: str  # enters each trial's identity (`RunConfig.key`), as blueberry-train's runs do
 
 
 def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     """The Tune trainable: one run of the base config's task with Tune reporting and an MLflow child run."""
-    import torch
     from ray import tune
 
     torch.set_num_threads(context.threads)
@@ -168,7 +171,7 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
         context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
         params={**run.flatten(), "preset": context.preset, **size,
                 **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
-        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key()},
+        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key(data=context.data_key)},
         parent_run_id=context.parent_run_id,
         identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
     # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
@@ -266,10 +269,11 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     path = f"{storage.rstrip('/')}/{cfg.name}"
     restoring = tune.Tuner.can_restore(path)
     parent_run_id = _parent_run(mlflow_client, experiment_id, cfg, must_exist=restoring, storage=path, uri=uri)
+    data = _trial_data(cfg)
     context = TrialContext(base=base, preset=cfg.preset, experiment=cfg.experiment, study=cfg.name,
-                           parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=_trial_data(cfg), context=context),
-                                    resources)
+                           parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])),
+                           data_key=data_key(data))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, context=context), resources)
     if restoring:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
