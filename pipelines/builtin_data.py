@@ -1,10 +1,9 @@
-"""`--data builtin`: the built-in corpus prepared for a model's seq_len, once, in the cache."""
+"""The built-in corpus prepared for a model's seq_len, once, in the cache (what `--data builtin` opens)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from blueberry.data.tokens import TokenShards
 from pipelines.cache import cache_dir
 from pipelines.prepare import PrepareConfig, preparation_key, prepare
 from pipelines.sources import BuiltinSource
@@ -19,8 +18,3 @@ def builtin_data_dir(seq_len: int, progress: bool = True) -> Path:
     out = cache_dir() / "data" / f"builtin-seq{seq_len}-{key[:12]}"
     prepare(cfg, out, progress=progress)
     return out
-
-
-def open_data(spec: str, seq_len: int, progress: bool = True) -> TokenShards:
-    """What `--data` names: `builtin` (prepared at `seq_len` on first use, cached) or a prepared directory."""
-    return TokenShards.open(builtin_data_dir(seq_len, progress=progress) if spec == "builtin" else spec)

@@ -15,7 +15,7 @@ import sys
 
 from blueberry.cli.common import positive_int
 from blueberry.cli.study import Scales, Study, StudyScale
-from blueberry.platform.data import open_shared
+from blueberry.platform.data import data_key, open_shared
 from blueberry.platform.distributed import DistributedConfig, run_distributed
 
 MILESTONES = (8_011_776, 20_004_864, 100_007_936, 1_000_000_000)
@@ -43,7 +43,8 @@ class Marathon(Study):
         data = open_shared(run.task(), args.data)
         workers = args.workers
         cfg = DistributedConfig(
-            name=args.name or self.default_name(preset_name, run, {"workers": workers}), workers=workers,
+            name=args.name or self.default_name(preset_name, run, {"workers": workers, "data": data_key(data)}),
+            workers=workers,
             cpus_per_worker=args.cpus_per_trial or 1.0,
             checkpoint_every=args.checkpoint_every or (5 if scale.name == "smoke" else 200),
             max_failures=args.max_failures, storage=args.storage, tracking_uri=args.tracking_uri, preset=preset_name,

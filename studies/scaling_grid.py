@@ -14,16 +14,18 @@ best trial for the nearest model size (`--lr-from EXPERIMENT`), else the preset'
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 
 import numpy as np
 
 from blueberry.cli.study import Scales, Study, StudyScale, summary
-from blueberry.core.config import replace
+from blueberry.core.config import replace, to_dict
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import count_params
 from blueberry.models.run import RunConfig
-from blueberry.platform.data import data_key, open_for
+from blueberry.platform.data import spec_key
 from blueberry.platform.search import apply_params
 from blueberry.platform.sweep import run_sweep
 from blueberry.platform.tracking import CONFIG_TAG, STATUS_TAG, client
@@ -35,6 +37,7 @@ GPU_SHAPES = ((256, 8), (384, 12), (512, 16), (512, 22), (640, 24))
 SMOKE_BUDGETS = [2e11, 5e11, 1.2e12]
 GPU_BUDGETS = [1e16, 3e16, 1e17]
 # Each point's token budget comes from its compute budget C; a scale picks the preset, batch and shapes.
+# The scale's own budget only spaces the base's evaluations: the record's, so a point evaluates at its end.
 FULL_SCALE = StudyScale("gpu", "nano-88m", 8_011_776, 15, 8)
 
 
@@ -77,6 +80,14 @@ def best_lrs(experiment: str, uri: str | None) -> dict[int, dict[str, float]]:
     return {n: lrs for n, (_, lrs) in best.items()}
 
 
+def legacy_key(run: RunConfig) -> str:
+    """The key points finished before run identities included the data were tagged with: a SHA-256
+    of the model and train config with the observing fields reset. Such a point stays finished."""
+    train = replace(run.train, eval_every=0, eval_at_tokens=(), log_every=1, checkpoint_every=0)
+    text = json.dumps({"model": to_dict(run.model), "train": to_dict(train)}, indent=2, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def finished_keys(experiment: str, uri: str | None) -> set[str]:
     """The identities (`RunConfig.key`) of the points this experiment has already finished."""
     mlflow_client = client(uri)
@@ -93,7 +104,7 @@ class ScalingGrid(Study):
 
     experiment = "scaling_grid"
     evals_per_trial = 2
-    scales = Scales(smoke=StudyScale("smoke", "tiny", 40_960, 9, 4), cpu=FULL_SCALE, gpu=FULL_SCALE)
+    scales = Scales(smoke=StudyScale("smoke", "tiny", 8_011_776, 9, 4), cpu=FULL_SCALE, gpu=FULL_SCALE)
 
     def add_flags(self, parser):
         parser.add_argument("--budgets", type=float, nargs="+", help="compute budgets C in FLOPs")
@@ -107,11 +118,15 @@ class ScalingGrid(Study):
 
     def grid(self, args, base, scale):
         """The points not yet finished in this experiment on this data: a finished point is never
-        trained twice. (Opening the data prepares the built-in corpus on first use.)"""
-        data = data_key(open_for(base.task(), args.data, progress=False))
+        trained twice. (The built-in corpus is prepared here on first use.)"""
+        data = spec_key(base.task(), args.data)
         done = finished_keys(self.experiment, args.tracking_uri)
-        return {"point": [p for p in self.points(args, base, scale)
-                          if apply_params(base, {"point": p}).key(data=data) not in done]}
+        todo = []
+        for point in self.points(args, base, scale):
+            run = apply_params(base, {"point": point})
+            if run.key(data=data) not in done and legacy_key(run) not in done:
+                todo.append(point)
+        return {"point": todo}
 
     def run(self, args, scale) -> str:
         cfg = self.sweep_config(args, scale)

@@ -165,6 +165,18 @@ def test_below_the_platform_nothing_reaches_ray_or_mlflow(graph, layer):
     assert {module: heavy for module, heavy in offenders.items() if heavy} == {}
 
 
+# The machinery every model kind shares: it reaches a kind only through the registry and RunConfig.
+KIND_FREE = ("blueberry.core", "blueberry.data", "blueberry.platform", "blueberry.cli.study")
+
+
+def test_the_shared_machinery_names_no_model_kind(graph):
+    named = sorted(f"{module} -> {target}" for module, targets in graph.items()
+                   if module.startswith(KIND_FREE) for target in targets
+                   if target.startswith("blueberry.models.") and target not in ("blueberry.models.registry",
+                                                                                "blueberry.models.run"))
+    assert named == []
+
+
 def test_the_reachability_check_sees_a_lazy_import(graph):
     planted = {**graph, "blueberry.core.hardware": graph["blueberry.core.hardware"] | {"blueberry.platform.tracking"}}
     assert "mlflow" in reachable(planted, "blueberry.core.loop")

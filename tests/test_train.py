@@ -2,6 +2,7 @@
 accumulates gradients equivalently to a larger batch."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -173,7 +174,7 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_model(str(tmp_path))
     torch.save({"model": {}}, tmp_path / "step-00000002.pt")
-    with pytest.raises(UserError, match="does not record its run's configuration"):
+    with pytest.raises(UserError, match="records no run configuration"):
         load_model(str(tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no checkpoint"):
@@ -192,11 +193,21 @@ def test_resuming_with_another_observation_cadence_continues_the_same_run(tiny_m
     assert resumed.val.loss == reference.val.loss and resumed.steps == reference.steps
 
 
-def test_a_checkpoint_from_before_run_records_is_refused_clearly(tiny_model, builtin_data, quick_train, tmp_path):
-    train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path)])
+def test_a_checkpoint_from_before_run_records_still_resumes_and_loads(tiny_model, builtin_data, quick_train,
+                                                                     tmp_path):
+    reference = train(LMTask(tiny_model), quick_train, builtin_data)
+    with pytest.raises(Interrupt):
+        train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path, every=5), InterruptAt(7)])
     (path,) = tmp_path.glob("step-*.pt")
     payload = torch.load(path, weights_only=True)
-    del payload["run"], payload["identity"]  # what checkpoints held before they recorded their run
+    # What checkpoints held before they recorded their run: the configuration as JSON, no task kind.
+    payload["config"] = json.dumps({"model": dataclasses.asdict(tiny_model),
+                                    "train": dataclasses.asdict(quick_train)}, indent=2, sort_keys=True)
+    del payload["run"], payload["identity"], payload["data"]
     torch.save(payload, path)
-    with pytest.raises(UserError, match="older Blueberry"):
-        train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path)])
+    task, model, saved = load_model(str(path))
+    assert saved.task is None and task.kind == "lm" and task.config == tiny_model
+    with pytest.raises(UserError, match="different configuration"):  # its configuration is still checked
+        train(LMTask(tiny_model), replace(quick_train, muon_lr=0.01), builtin_data, [Checkpointer(tmp_path)])
+    resumed = train(LMTask(tiny_model), quick_train, builtin_data, [Checkpointer(tmp_path, every=5)])
+    assert resumed.val.loss == reference.val.loss

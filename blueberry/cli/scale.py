@@ -6,8 +6,8 @@
     blueberry-scale plan --law law.json --params 8e9 --gpu h100 --mfu 0.4 --price-per-gpu-hour 2.5
     blueberry-scale plan --law chinchilla --params 8e9 --tokens 15e12 --gpu h100 --mfu 0.4
 
-Each subcommand imports what it uses (SciPy, matplotlib, torch for the presets) inside its own
-function, so `--help` and a flag error answer at once.
+Each subcommand imports what it uses (SciPy, matplotlib, MLflow) inside its own function, so `--help`
+and a flag error do not wait for them.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
 from blueberry.core.config import TrainConfig
-from blueberry.models.lm.config import PRESETS, preset
+from blueberry.models.registry import preset, preset_names
 from blueberry.models.run import RunConfig
 from blueberry.platform.cluster import has_gpus
 from blueberry.platform.search import is_config_key
@@ -106,10 +106,11 @@ class Study:
 
     def parser(self) -> ArgumentParser:
         parser = ArgumentParser(prog=sys.argv[0].rsplit("/", 1)[-1], description=self.question)
-        parser.add_argument("--preset", choices=list(PRESETS), help="model preset (default: the scale's)")
+        parser.add_argument("--preset", choices=preset_names(), help="model preset (default: the scale's)")
         parser.add_argument("--data", default="builtin", help="a prepared data directory, or builtin (default)")
-        parser.add_argument("--train-tokens", type=positive_int, help="token budget per trial")
-        parser.add_argument("--batch-size", type=positive_int, help="sequences per step for every trial")
+        parser.add_argument("--train-tokens", type=positive_int,
+                            help="budget per trial, in the task's units (tokens for the language model)")
+        parser.add_argument("--batch-size", type=positive_int, help="samples (sequences) per step for every trial")
         parser.add_argument("--trials", type=positive_int, help="number of trials")
         parser.add_argument("--name", help="the resume key (default: the study, preset and the settings' key)")
         parser.add_argument("--storage", help="Ray storage path or URI (shared across nodes on multi-node clusters)")

@@ -11,6 +11,7 @@ no pickled code runs on load.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -65,7 +66,7 @@ def load_checkpoint(path: Path, state: TrainState) -> None:
 class SavedWeights:
     """A checkpoint's model, with what it takes to rebuild and use it."""
 
-    task: str  # the task kind that wrote it ("lm")
+    task: str | None  # the task kind that wrote it ("lm"); None: written before checkpoints named it
     model_config: dict[str, Any]  # the model config as plain data (`blueberry.models` rebuilds it)
     train_config: dict[str, Any]
     weights: dict[str, torch.Tensor]  # the model's state dict
@@ -86,10 +87,12 @@ def load_weights(path: str | Path, device: torch.device | str = "cpu") -> SavedW
                             "checkpoint directory")
         path = latest
     payload = _read(path, device)
-    if "run" not in payload:
-        raise UserError(f"{path} does not record its run's configuration (written before checkpoints did): "
-                        "train it again with this version to use it for inference")
-    run = payload["run"]
+    if "run" in payload:
+        run = payload["run"]
+    elif "config" in payload:  # before run records: the configuration as JSON, and no task kind or tokenizer
+        run = {"task": None, **json.loads(payload["config"])}
+    else:
+        raise UserError(f"{path} records no run configuration: it is not a Blueberry checkpoint")
     return SavedWeights(task=run["task"], model_config=run["model"], train_config=run["train"],
                         weights=payload["model"], data=payload.get("data", {}), step=payload["step"],
                         tokens=payload["tokens"])

@@ -18,7 +18,7 @@ class ProgressBar(Hook):
     def on_step(self, info: StepInfo, state: TrainState) -> None:
         if self.bar is None:
             self.bar = tqdm(total=info.total_steps, initial=info.step - 1, unit="step", dynamic_ncols=True)
-        postfix = {"loss": f"{info.smoothed_loss:.3f}", "tok/s": f"{info.tokens_per_s:,.0f}"}
+        postfix = {"loss": f"{info.smoothed_loss:.3f}", f"{state.task.unit}/s": f"{info.tokens_per_s:,.0f}"}
         if self.val_loss is not None:
             postfix["val"] = f"{self.val_loss:.3f}"
         if info.mfu is not None:

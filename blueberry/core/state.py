@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from blueberry.core.config import TrainConfig, determining, to_dict
+from blueberry.core.config import TrainConfig, determining, from_dict, to_dict
 from blueberry.core.optim import OptimizerSet
 from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
 from blueberry.core.task import Task
@@ -23,6 +24,21 @@ def run_record(task: Task, train: TrainConfig) -> dict[str, Any]:
 def run_identity(task: Task, train: TrainConfig) -> dict[str, Any]:
     """`run_record` without the fields that only observe the run: what a resumed run must share."""
     return {"task": task.kind, "model": determining(task.config), "train": determining(train)}
+
+
+def saved_identity(payload: dict[str, Any], task: Task) -> dict[str, Any] | None:
+    """The identity a checkpoint was written with. Checkpoints from before run records hold the run's
+    configuration as JSON under "config" (model and train only: there was one task kind, whose
+    config the comparison then checks); None when neither is there or the JSON names unknown fields."""
+    if "identity" in payload:
+        return payload["identity"]
+    if "config" not in payload:
+        return None
+    try:
+        raw = json.loads(payload["config"])
+        return run_identity(type(task)(from_dict(task.config_class, raw["model"])), from_dict(TrainConfig, raw["train"]))
+    except (ValueError, KeyError, TypeError):  # ConfigError is a ValueError
+        return None
 
 
 class TrainState:
@@ -76,10 +92,11 @@ class TrainState:
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same run: the same configuration, except for fields that
         only observe it (evaluation, logging and checkpoint cadence may change between attempts)."""
-        if "identity" not in payload:
-            raise UserError("the checkpoint was written by an older Blueberry that did not record its run's "
-                            "configuration: start the run again in a new checkpoint directory (or with a new name)")
-        if payload["identity"] != self.identity:
+        identity = saved_identity(payload, self.task)
+        if identity is None:
+            raise UserError("the checkpoint does not record a configuration this Blueberry can read: start the "
+                            "run again in a new checkpoint directory (or with a new name)")
+        if identity != self.identity:
             raise UserError("the checkpoint was written by a run with a different configuration: "
                             "resume with the same settings or use a new checkpoint directory")
         self.model.load_state_dict(payload["model"])

@@ -15,6 +15,7 @@ the loop (a stream with `next()`, `peek()` and an integer `position`), plus what
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
@@ -38,6 +39,7 @@ class Task(ABC, Generic[ModelConfigT]):
     kind: ClassVar[str]  # the registry name, recorded in runs and checkpoints
     unit: ClassVar[str]  # what progress counts: "tokens", "images", "samples"
     config_class: ClassVar[type]  # the model config dataclass
+    presets: ClassVar[Mapping[str, Callable[[], Any]]] = {}  # named model configs, e.g. "tiny"
 
     def __init__(self, config: ModelConfigT) -> None:
         if not isinstance(config, self.config_class):

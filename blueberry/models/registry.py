@@ -36,6 +36,19 @@ def task_class(kind: str) -> type[Task]:
     return _TASKS[kind]
 
 
+def preset_names() -> list[str]:
+    """Every registered kind's named model configs."""
+    return [name for cls in _TASKS.values() for name in cls.presets]
+
+
+def preset(name: str) -> Any:
+    """The model config a preset names, whichever kind it belongs to."""
+    for cls in _TASKS.values():
+        if name in cls.presets:
+            return cls.presets[name]()
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+
+
 def task_class_for(model_config: Any) -> type[Task]:
     """The task whose model config `model_config` is."""
     for cls in _TASKS.values():
@@ -52,7 +65,7 @@ def make_task(model_config: Any) -> Task:
 def load_model(path: str, device: str = "cpu") -> tuple[Task, Any, SavedWeights]:
     """A checkpoint's task and model, weights loaded, in eval mode: for inference, from the file alone."""
     saved = load_weights(path, device)
-    cls = task_class(saved.task)
+    cls = task_class(saved.task or LMTask.kind)  # checkpoints that name no kind predate every kind but this one
     task = cls(from_dict(cls.config_class, saved.model_config))
     model = task.build_model()
     model.load_state_dict(saved.weights)

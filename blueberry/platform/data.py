@@ -1,22 +1,33 @@
 """The one door from `blueberry` into `pipelines/`: open what `--data` names, share it through Ray's
 object store, and what `blueberry-data` drives (preparation, recipes, tokenizers). Nothing else in
-`blueberry` imports `pipelines`, which in turn reads only `blueberry.data` and `blueberry.errors`."""
+`blueberry` imports `pipelines`, which in turn reads only `blueberry.data` and `blueberry.errors`.
+
+A `--data` string names token shards (the language model's data). A task with data of another form
+passes its own handle (an object with `open()`) wherever the platform takes data.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from blueberry.core.task import Task
-from blueberry.data.format import Manifest
+from blueberry.data.format import Manifest, read_manifest
 from blueberry.data.tokens import TokenShards
-from pipelines.builtin_data import open_data as _open_prepared
+from pipelines.builtin_data import builtin_data_dir
 from pipelines.prepare import PrepareConfig, prepare  # noqa: F401  (blueberry-data's, through this door)
 from pipelines.recipes import HUB_TOKENIZER, recipe  # noqa: F401
 from pipelines.share import SharedShards, share
 from pipelines.tokenizer import load_tokenizer  # noqa: F401
 
 
+def _directory(spec: str, seq_len: int, progress: bool) -> Path:
+    return builtin_data_dir(seq_len, progress=progress) if spec == "builtin" else Path(spec)
+
+
 def open_data(spec: str, seq_len: int, progress: bool = True) -> TokenShards:
     """`builtin` (the built-in corpus, prepared at `seq_len` on first use and cached) or a prepared directory."""
-    return _open_prepared(spec, seq_len, progress=progress)
+    return TokenShards.open(_directory(spec, seq_len, progress))
 
 
 def open_for(task: Task, spec: str, progress: bool = True) -> TokenShards:
@@ -24,6 +35,12 @@ def open_for(task: Task, spec: str, progress: bool = True) -> TokenShards:
     data = open_data(spec, task.units_per_sample, progress=progress)
     task.check_data(data)
     return data
+
+
+def open_shared(task: Task, spec: str) -> SharedShards:
+    """The data `spec` names, checked against `task` and put into the object store once: a small
+    handle whose `open()` reads it zero-copy in any trial or worker on the node."""
+    return share(open_for(task, spec, progress=False))
 
 
 def data_key(data: Any) -> str:
@@ -36,8 +53,7 @@ def data_key(data: Any) -> str:
     return type(data).__name__
 
 
-def open_shared(task: Task, spec: str) -> SharedShards:
-    """The data `spec` names, checked against `task` and put into the object store once: a small
-    handle whose `open()` reads it zero-copy in any trial or worker on the node."""
-    return share(open_for(task, spec, progress=False))
-
+def spec_key(task: Task, spec: str) -> str:
+    """`data_key` of what `spec` names, read from its manifest alone (no shard is read or verified;
+    the built-in corpus is prepared on first use)."""
+    return read_manifest(_directory(spec, task.units_per_sample, progress=False)).preparation_key

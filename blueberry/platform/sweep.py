@@ -169,7 +169,8 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     budget = run.train.budget_tokens(task.units_per_sample)
     tracker = MlflowTracker(
         context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
-        params={**run.flatten(), "preset": context.preset, **size,
+        # C = 6 N D, the compute estimate scaling fits read from sweeps (blueberry-scale hparams).
+        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * size["D"],
                 **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
         tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key(data=context.data_key)},
         parent_run_id=context.parent_run_id,

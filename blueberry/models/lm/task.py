@@ -14,7 +14,7 @@ from blueberry.core.hardware import autocast
 from blueberry.core.parallel import DataParallel
 from blueberry.core.task import Loss, Task
 from blueberry.data.tokens import TokenShards
-from blueberry.models.lm.config import ModelConfig
+from blueberry.models.lm.config import PRESETS, ModelConfig
 from blueberry.models.lm.model import Blueberry, count_params, flops_per_token
 
 
@@ -26,6 +26,7 @@ class LMTask(Task[ModelConfig]):
     kind = "lm"
     unit = "tokens"
     config_class = ModelConfig
+    presets = PRESETS
 
     def build_model(self) -> Blueberry:
         return Blueberry(self.config)
@@ -73,11 +74,11 @@ class LMTask(Task[ModelConfig]):
 
     def scale_params(self, train: TrainConfig, world_size: int = 1) -> dict[str, int | float]:
         """N (total parameters, the Chinchilla convention that D = C / 6N uses), N_non_embedding,
-        D (tokens trained), the global batch in tokens, and C = 6 N D."""
+        D (tokens trained) and the global batch in tokens."""
         counts = count_params(self.config)
-        D = train.budget_tokens(self.config.seq_len, world_size)
-        return {"N": counts.total, "N_non_embedding": counts.non_embedding, "D": D,
-                "batch_tokens": train.tokens_per_step(self.config.seq_len, world_size), "C": 6 * counts.total * D}
+        return {"N": counts.total, "N_non_embedding": counts.non_embedding,
+                "D": train.budget_tokens(self.config.seq_len, world_size),
+                "batch_tokens": train.tokens_per_step(self.config.seq_len, world_size)}
 
     def check_data(self, data: TokenShards) -> None:
         data.check_fits(self.config)
