@@ -24,8 +24,9 @@ from blueberry.platform.tracking import KIND_TAG, STUDY_TAG
 BATCH = 32
 
 
-def toy_train(steps: int, batch: int = BATCH, **kw) -> TrainConfig:
-    return TrainConfig(train_tokens=steps * batch, batch_size=batch, adamw_lr=0.01, muon_lr=0.02, weight_decay=0.0,
+def toy_train(steps: int, batch: int = BATCH, workers: int = 1, **kw) -> TrainConfig:
+    """`steps` optimizer steps of `batch` samples on each of `workers` data-parallel ranks."""
+    return TrainConfig(train_tokens=steps * batch * workers, batch_size=batch, adamw_lr=0.01, muon_lr=0.02, weight_decay=0.0,
                        device="cpu", log_every=1, **{"eval_every": 20, **kw})
 
 
@@ -67,17 +68,18 @@ def test_run_configs_of_any_kind_round_trip_and_key():
     assert run.key() == RunConfig(run.model, replace(run.train, eval_every=3, log_every=7)).key()
 
 
+def adamw_lr(trial):  # module-level: Tune pickles the search space
+    trial.suggest_float("train.adamw_lr", 1e-3, 3e-2, log=True)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_second_kind_sweeps_with_asha_and_is_tracked(ray_local, toy_data, tmp_path):
     from blueberry.platform.schedulers import ProvisionalASHA
     from blueberry.platform.sweep import SweepConfig, _study_base, _tune_config, run_sweep
 
-    def space(trial):
-        trial.suggest_float("train.adamw_lr", 1e-3, 3e-2, log=True)
-
     cfg = SweepConfig(experiment="toy_sweep", name="toy", preset="toy", base=RunConfig(RegressionConfig(),
-                      toy_train(60)), space=space, baseline={"train.adamw_lr": 0.01}, trials=2, data=toy_data,
+                      toy_train(60)), space=adamw_lr, baseline={"train.adamw_lr": 0.01}, trials=2, data=toy_data,
                       storage=str(tmp_path / "ray"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", evals_per_trial=4)
     scheduler = _tune_config(cfg, _study_base(cfg), concurrent=2).scheduler
     assert isinstance(scheduler, ProvisionalASHA) and scheduler._max_t == 60 * BATCH  # ASHA's time axis: samples
@@ -90,7 +92,7 @@ def test_a_second_kind_sweeps_with_asha_and_is_tracked(ray_local, toy_data, tmp_
     for run in trials:
         assert run.data.tags["task"] == "toy-regression" and run.data.params["N"] == "417"
         assert "val/rmse" in run.data.metrics and run.data.tags["mlflow.parentRunId"] == result.parent_run_id
-    assert result.best is not None and result.best["val_loss"] < 1.5 * NOISE_STD ** 2
+    assert result.best is not None and result.best["val_loss"] < 0.1  # untrained: about 9
 
 
 @pytest.mark.ray
@@ -99,7 +101,7 @@ def test_a_second_kind_trains_on_two_ray_train_workers(ray_local, toy_data, tmp_
     from blueberry.platform.distributed import RUN_TAG, DistributedConfig, run_distributed
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_distributed(RunConfig(RegressionConfig(), toy_train(30, batch=BATCH // 2, eval_every=0)), toy_data,
+    result = run_distributed(RunConfig(RegressionConfig(), toy_train(30, batch=BATCH // 2, workers=2, eval_every=0)), toy_data,
                              DistributedConfig(name="toy-ddp", workers=2, checkpoint_every=10, experiment="toy_train",
                                                storage=str(tmp_path / "ray"), tracking_uri=uri))
     torch.set_num_threads(2)
