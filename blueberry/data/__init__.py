@@ -1,0 +1,1 @@
+"""The on-disk token-shard contract (`format`) and its reader (`tokens`)."""

@@ -1,0 +1,1 @@
+"""Model kinds, one folder each (config, model, Task), the registry that names them, and `RunConfig`."""

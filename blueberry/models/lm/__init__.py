@@ -1,0 +1,1 @@
+"""The language model: Blueberry transformers trained on next-token prediction."""
