@@ -26,17 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from blueberry.data.format import (
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    SPLITS,
-    TOKEN_DTYPES,
-    Manifest,
-    ShardInfo,
-    read_manifest,
-    sha256_file,
-    token_dtype_for,
-)
+from blueberry.data.format import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, TOKEN_DTYPES, Manifest, ShardInfo,
+                                   read_manifest, sha256_file, token_dtype_for)
 from blueberry.errors import ConfigError, DataError, UserError
 from pipelines.encode import make_encoder
 from pipelines.shards import ShardWriter

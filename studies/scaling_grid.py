@@ -110,19 +110,18 @@ class ScalingGrid(Study):
         parser.add_argument("--budgets", type=float, nargs="+", help="compute budgets C in FLOPs")
         parser.add_argument("--lr-from", metavar="EXPERIMENT", help="take LRs from this sweep experiment")
 
-    def points(self, args, base, scale) -> list[dict]:
+    def budgets_and_shapes(self, args, scale) -> tuple[list[float], tuple[tuple[int, int], ...]]:
         smoke = scale.name == "smoke"
-        budgets = args.budgets or (SMOKE_BUDGETS if smoke else GPU_BUDGETS)
-        lrs = best_lrs(args.lr_from, args.tracking_uri) if args.lr_from else {}
-        return grid_points(base, budgets, SMOKE_SHAPES if smoke else GPU_SHAPES, lrs)
+        return args.budgets or (SMOKE_BUDGETS if smoke else GPU_BUDGETS), SMOKE_SHAPES if smoke else GPU_SHAPES
 
     def grid(self, args, base, scale):
         """The points not yet finished in this experiment on this data: a finished point is never
         trained twice. (The built-in corpus is prepared here on first use.)"""
         data = spec_key(base.task(), args.data)
         done = finished_keys(self.experiment, args.tracking_uri)
+        lrs = best_lrs(args.lr_from, args.tracking_uri) if args.lr_from else {}
         todo = []
-        for point in self.points(args, base, scale):
+        for point in grid_points(base, *self.budgets_and_shapes(args, scale), lrs):
             run = apply_params(base, {"point": point})
             if run.key(data=data) not in done and legacy_key(run) not in done:
                 todo.append(point)
@@ -130,7 +129,8 @@ class ScalingGrid(Study):
 
     def run(self, args, scale) -> str:
         cfg = self.sweep_config(args, scale)
-        total, todo = len(self.points(args, cfg.base, scale)), cfg.grid["point"]
+        budgets, shapes = self.budgets_and_shapes(args, scale)
+        total, todo = len(budgets) * len(shapes), cfg.grid["point"]
         lines = [f"scaling grid: {total} points, {total - len(todo)} already finished, {len(todo)} to run"]
         if todo:
             lines.append(summary(cfg, run_sweep(cfg)))

@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from blueberry.models.lm.config import ModelConfig, preset
-from blueberry.models.lm.model import (
-    Attention,
-    Blueberry,
-    MoE,
-    apply_rotary,
-    count_params,
-    flops_per_token,
-    rotary_tables,
-)
+from blueberry.models.lm.model import (Attention, Blueberry, MoE, apply_rotary, count_params, flops_per_token,
+                                       rotary_tables)
 
 
 @pytest.fixture(autouse=True)

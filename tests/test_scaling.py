@@ -15,15 +15,8 @@ from blueberry.cli.scale import CHINCHILLA
 from blueberry.errors import UserError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import Blueberry, count_params
-from blueberry.scaling.fit import (
-    ScalingPoints,
-    _lbfgs,
-    bootstrap_law,
-    fit_isoflop,
-    fit_law,
-    huber_objective,
-    reference_grid,
-)
+from blueberry.scaling.fit import (ScalingPoints, _lbfgs, bootstrap_law, fit_isoflop, fit_law, huber_objective,
+                                   reference_grid)
 from blueberry.scaling.hparams import Trial, fit_hparam_laws
 from blueberry.scaling.law import Law
 from blueberry.scaling.plan import Target, architecture_for, make_plan

@@ -28,7 +28,7 @@ import sys
 from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
 from blueberry.core.config import TrainConfig
@@ -36,8 +36,10 @@ from blueberry.models.registry import preset, preset_names
 from blueberry.models.run import RunConfig
 from blueberry.platform.cluster import has_gpus
 from blueberry.platform.search import is_config_key
-from blueberry.platform.sweep import SweepConfig, SweepResult, run_sweep
 from blueberry.platform.tracking import absolute_uri, tracking_uri, ui_link
+
+if TYPE_CHECKING:
+    from blueberry.platform.sweep import SweepConfig, SweepResult
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,10 @@ class Study:
 
     def sweep_config(self, args: Namespace, scale: StudyScale) -> SweepConfig:
         """The `SweepConfig` the flags describe at `scale`. Starts nothing."""
+        # The sweep machinery (the pipelines, the study report's matplotlib) loads only once a study
+        # runs: `--help` and a flag error answer without it.
+        from blueberry.platform.sweep import SweepConfig
+
         preset_name, base = self.base(args, scale)
         trials = args.trials or scale.trials
         grid = self.grid(args, base, scale)
@@ -170,6 +176,8 @@ class Study:
     def run(self, args: Namespace, scale: StudyScale) -> str:
         """Run the study; what to print."""
         cfg = self.sweep_config(args, scale)
+        from blueberry.platform.sweep import run_sweep
+
         result = run_sweep(cfg)
         return "\n".join(part for part in (summary(cfg, result), self.report(cfg, result)) if part)
 

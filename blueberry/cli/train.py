@@ -127,11 +127,11 @@ def main_body(argv: Sequence[str] | None) -> int:
     from blueberry.core.hooks import Hooks
     from blueberry.core.loop import train
     from blueberry.core.progress import ProgressBar
-    from blueberry.platform.data import open_for
+    from blueberry.platform.data import data_key, open_for
     from blueberry.platform.tracking import MlflowTracker, NullTracker, tracking_uri
 
     data = open_for(task, args.data, progress=not args.no_progress)
-    name = args.run_name or f"{args.preset}-{run.key(data=data.manifest.preparation_key)}"
+    name = args.run_name or f"{args.preset}-{run.key(data=data_key(data))}"
     run_dir = args.runs_dir / name
     result_file = run_dir / "result.json"
     uri = None if args.no_track else tracking_uri(args.tracking_uri)

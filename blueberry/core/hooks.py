@@ -53,10 +53,6 @@ class Hooks(Hook):
         self._entries.append((hook, cadence))
         return self
 
-    @property
-    def hooks(self) -> list[Hook]:
-        return [hook for hook, _ in self._entries]
-
     def on_start(self, state: TrainState) -> None:
         for hook, _ in self._entries:
             hook.on_start(state)

@@ -21,9 +21,9 @@ def run_record(task: Task, train: TrainConfig) -> dict[str, Any]:
     return {"task": task.kind, "model": to_dict(task.config), "train": to_dict(train)}
 
 
-def run_identity(task: Task, train: TrainConfig) -> dict[str, Any]:
+def run_identity(kind: str, model: Any, train: TrainConfig) -> dict[str, Any]:
     """`run_record` without the fields that only observe the run: what a resumed run must share."""
-    return {"task": task.kind, "model": determining(task.config), "train": determining(train)}
+    return {"task": kind, "model": determining(model), "train": determining(train)}
 
 
 def saved_identity(payload: dict[str, Any], task: Task) -> dict[str, Any] | None:
@@ -36,7 +36,7 @@ def saved_identity(payload: dict[str, Any], task: Task) -> dict[str, Any] | None
         return None
     try:
         raw = json.loads(payload["config"])
-        return run_identity(type(task)(from_dict(task.config_class, raw["model"])), from_dict(TrainConfig, raw["train"]))
+        return run_identity(task.kind, from_dict(task.config_class, raw["model"]), from_dict(TrainConfig, raw["train"]))
     except (ValueError, KeyError, TypeError):  # ConfigError is a ValueError
         return None
 
@@ -55,7 +55,7 @@ class TrainState:
         self.task, self.train, self.model, self.optimizer, self.stream = task, train, model, optimizer, stream
         self.device, self.parallel = device, parallel
         self.record = run_record(task, train)
-        self.identity = run_identity(task, train)
+        self.identity = run_identity(task.kind, task.config, train)
         self.data_description = dict(data_description or {})
         self.tokens_per_step = train.tokens_per_step(task.units_per_sample, parallel.world_size)
         self.step = 0

@@ -38,6 +38,7 @@ class Task(ABC, Generic[ModelConfigT]):
 
     kind: ClassVar[str]  # the registry name, recorded in runs and checkpoints
     unit: ClassVar[str]  # what progress counts: "tokens", "images", "samples"
+    loss_name: ClassVar[str] = "loss"  # what the loss is, for plots: "cross-entropy (nats/token)"
     config_class: ClassVar[type]  # the model config dataclass
     presets: ClassVar[Mapping[str, Callable[[], Any]]] = {}  # named model configs, e.g. "tiny"
 

@@ -58,10 +58,6 @@ def task_class_for(model_config: Any) -> type[Task]:
                       f"{', '.join(task_kinds())}")
 
 
-def make_task(model_config: Any) -> Task:
-    return task_class_for(model_config)(model_config)
-
-
 def load_model(path: str, device: str = "cpu") -> tuple[Task, Any, SavedWeights]:
     """A checkpoint's task and model, weights loaded, in eval mode: for inference, from the file alone."""
     saved = load_weights(path, device)

@@ -91,7 +91,7 @@ def _plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     return path
 
 
-def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path) -> Path:
+def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path, unit: str) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     for row in rows:
         if row["mlflow_run_id"] is None:
@@ -102,7 +102,7 @@ def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path) -> Path:
         if points:
             style = "-" if row["status"] == "finished" else ":"
             ax.plot(*zip(*points), style, marker=".", label=f"{row['trial_id']} ({row['status']})")
-    ax.set_xlabel("tokens seen")
+    ax.set_xlabel(f"{unit} seen")
     ax.set_ylabel("validation loss")
     ax.set_title("learning curves (dotted: stopped early or diverged)")
     ax.grid(alpha=0.3)
@@ -129,7 +129,7 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], m
             writer.writeheader()
             writer.writerows(rows)
         artifacts = [tmp_path / "trials.csv", _plot_params(rows, metric, tmp_path / "loss_vs_params.png"),
-                     _plot_curves(client, rows, tmp_path / "learning_curves.png")]
+                     _plot_curves(client, rows, tmp_path / "learning_curves.png", base.task().unit)]
         if best is not None:
             best_params = {k: v for k, v in best.items() if is_config_key(k)}
             run = apply_params(base, best_params)

@@ -43,18 +43,8 @@ from blueberry.platform.cluster import connect, ray_checkpoint, restore_ray_chec
 from blueberry.platform.data import data_key, open_shared
 from blueberry.platform.report import close_trial_runs, write_summary
 from blueberry.platform.search import apply_params, flat_overrides
-from blueberry.platform.tracking import (
-    CONFIG_TAG,
-    KIND_TAG,
-    STUDY_TAG,
-    TRIAL_TAG,
-    MlflowTracker,
-    absolute_uri,
-    client,
-    ensure_experiment,
-    find_run,
-    tracking_uri,
-)
+from blueberry.platform.tracking import (CONFIG_TAG, KIND_TAG, STUDY_TAG, TRIAL_TAG, MlflowTracker, absolute_uri,
+                                         client, ensure_experiment, find_run, tracking_uri)
 
 DIVERGED_LOSS = 100.0  # what a diverged trial reports: far worse than any real loss, but finite for TPE
 
@@ -170,7 +160,7 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     tracker = MlflowTracker(
         context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
         # C = 6 N D, the compute estimate scaling fits read from sweeps (blueberry-scale hparams).
-        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * size["D"],
+        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * budget,
                 **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
         tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key(data=context.data_key)},
         parent_run_id=context.parent_run_id,

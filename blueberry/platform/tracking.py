@@ -26,7 +26,6 @@ from blueberry.core.hardware import device_name
 from blueberry.core.hooks import Hook
 from blueberry.core.state import TrainState
 from blueberry.errors import UserError
-from blueberry.platform.plots import loss_curve
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training runs.
@@ -196,6 +195,7 @@ class MlflowTracker(Hook):
 
     def _draw_loss_curve(self, path: Path, state: TrainState) -> Path:
         """From the run's logged history, so a resumed run's curve includes what came before the resume."""
+        from blueberry.platform.plots import loss_curve  # matplotlib: only when a run ends, not at start-up
         tokens_per_step = state.tokens_per_step
 
         def points(key: str) -> list[tuple[float, float]]:
@@ -203,4 +203,5 @@ class MlflowTracker(Hook):
             return [(m.step * tokens_per_step, m.value) for m in history]
 
         return loss_curve(points("train/loss"), points("train/smoothed_loss"), points("val/loss"), path,
-                          title=self.run_name, reference=self.reference_loss)
+                          title=self.run_name, reference=self.reference_loss, unit=state.task.unit,
+                          loss_name=state.task.loss_name)

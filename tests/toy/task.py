@@ -88,6 +88,7 @@ class RegressionData:
 class RegressionTask(Task[RegressionConfig]):
     kind = "toy-regression"
     unit = "samples"
+    loss_name = "mean squared error"
     config_class = RegressionConfig
 
     def build_model(self) -> nn.Module:

@@ -25,6 +25,7 @@ class LMTask(Task[ModelConfig]):
 
     kind = "lm"
     unit = "tokens"
+    loss_name = "cross-entropy (nats/token)"
     config_class = ModelConfig
     presets = PRESETS
 
