@@ -15,3 +15,7 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError):
     """A token-data directory that is missing, corrupt, or does not fit the model."""
+
+
+class DamagedFile(UserError):
+    """A file Blueberry wrote (a checkpoint, a shard) that fails its checksum or its structure check."""

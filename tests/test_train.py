@@ -174,7 +174,7 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_model(str(tmp_path))
     torch.save({"model": {}}, tmp_path / "step-00000002.pt")
-    with pytest.raises(UserError, match="records no run configuration"):
+    with pytest.raises(UserError, match="lacks step, tokens: it is damaged or not a Blueberry checkpoint"):
         load_model(str(tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no checkpoint"):

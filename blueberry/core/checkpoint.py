@@ -4,62 +4,139 @@ A checkpoint holds the model, every optimizer's state (and so the schedule's pos
 stream's position, the loop's counters and smoothed loss, and the torch RNG state. It also records
 the run's configuration (task kind, model config, train config) and what the task says of its data
 (the language model: its tokenizer), so `load_weights` serves inference from the file alone, with no
-optimizer and no data stream. Files are written to a temporary name and renamed, so a crash never
-leaves a half-written checkpoint that looks whole, and they load with `torch.load(weights_only=True)`:
-no pickled code runs on load.
+optimizer and no data stream.
+
+Integrity: `step-N.pt` is written to a temporary name and renamed, so a crash never leaves a
+half-written checkpoint that looks whole; its SHA-256, computed while writing, is then saved beside
+it as `step-N.pt.sha256` (the `sha256sum` format). Loading checks the checksum first, then the
+payload's structure: a damaged file raises `DamagedFile` before any of it reaches the model, and
+`Checkpointer` sets it aside and resumes from the previous checkpoint instead. (A checkpoint with no
+checksum file, written before checksums or by a process killed between the two renames, is still
+checked for structure.) Files load with `torch.load(weights_only=True)`: no pickled code runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from blueberry.core.events import RunResult, StepInfo
 from blueberry.core.hooks import Hook
 from blueberry.core.state import TrainState
-from blueberry.errors import UserError
+from blueberry.errors import DamagedFile, UserError
+from blueberry.files import fsync_directory, write_atomic
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+CHECKSUM_SUFFIX = ".sha256"
+DAMAGED_SUFFIX = ".damaged"
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return Path(directory) / f"step-{step:08d}.pt"
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint with the highest step in `directory`, by step number in its name."""
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """The checkpoints in `directory`, newest (highest step) first."""
     directory = Path(directory)
     if not directory.is_dir():
-        return None
+        return []
     steps = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
-    return max(steps)[1] if steps else None
+    return [p for _, p in sorted(steps, reverse=True)]
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint with the highest step in `directory`, by step number in its name."""
+    found = checkpoints(directory)
+    return found[0] if found else None
+
+
+class _HashingWriter:
+    """A file object that hashes what passes through it, so the checksum costs no second read."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.sha = out, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def save_checkpoint(path: Path, state: TrainState) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state.state_dict(), tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:
+            writer = _HashingWriter(out)
+            torch.save(state.state_dict(), writer)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+    write_atomic(checksum_path(path), f"{writer.sha.hexdigest()}  {path.name}\n")
     return path
 
 
-def _read(path: Path, device: torch.device | str) -> dict[str, Any]:
+def verify_checksum(path: Path) -> None:
+    """Raise `DamagedFile` unless `path` matches its recorded SHA-256 (no checksum file: nothing to check)."""
+    recorded = checksum_path(path)
+    if not recorded.is_file():
+        return
+    expected = recorded.read_text().split(maxsplit=1)[0] if recorded.stat().st_size else ""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha.update(chunk)
+    if sha.hexdigest() != expected:
+        raise DamagedFile(f"checkpoint {path} does not match its checksum ({recorded.name}): it is damaged")
+
+
+# What every training checkpoint holds (TrainState.state_dict); `load_weights` needs only some of it.
+TRAIN_KEYS = ("model", "optimizer", "data_position", "torch_rng", *TrainState.COUNTERS)
+WEIGHT_KEYS = ("model", "step", "tokens")
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu", required: tuple[str, ...] = TRAIN_KEYS
+                    ) -> dict[str, Any]:
+    """A checkpoint's payload, verified: its checksum, that it unpickles safely, and that it holds `required`."""
+    path = Path(path)
+    verify_checksum(path)
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise DamagedFile(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                          ) from None
+    if not isinstance(payload, dict):
+        raise DamagedFile(f"checkpoint {path} holds a {type(payload).__name__}, not a Blueberry checkpoint")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise DamagedFile(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged or not a Blueberry checkpoint")
+    return payload
 
 
 def load_checkpoint(path: Path, state: TrainState) -> None:
-    state.load_state_dict(_read(path, state.device))
+    state.load_state_dict(read_checkpoint(path, state.device))
 
 
 @dataclass(frozen=True)
@@ -86,7 +163,7 @@ def load_weights(path: str | Path, device: torch.device | str = "cpu") -> SavedW
             raise UserError(f"{path} holds no checkpoint (step-NNNNNNNN.pt): pass a checkpoint file or a run's "
                             "checkpoint directory")
         path = latest
-    payload = _read(path, device)
+    payload = read_checkpoint(path, device, required=WEIGHT_KEYS)
     if "run" in payload:
         run = payload["run"]
     elif "config" in payload:  # before run records: the configuration as JSON, and no task kind or tokenizer
@@ -99,30 +176,53 @@ def load_weights(path: str | Path, device: torch.device | str = "cpu") -> SavedW
 
 
 class Checkpointer(Hook):
-    """Saves every `every` steps (0: never) and at the end; on start, resumes from the latest checkpoint
-    in `directory`. The cadence is enforced where the hook is registered (`Hooks.add`)."""
+    """Saves every `every` steps (0: never) and at the end of a run that did not diverge; on start,
+    resumes from the newest checkpoint in `directory` that is whole. A damaged one is renamed
+    `*.damaged` (kept for inspection, never loaded or counted again) and the one before it is tried;
+    when none is whole, the run stops with one line. The cadence is enforced where the hook is
+    registered (`Hooks.add`)."""
 
     def __init__(self, directory: str | Path, every: int = 0, keep: int = 2) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (the checkpoint just written), got {keep}")
         self.directory, self.every, self.keep = Path(directory), every, keep
         self.resumed_from: Path | None = None
+        self.set_aside: list[Path] = []  # damaged checkpoints found on start, renamed *.damaged
 
     def on_start(self, state: TrainState) -> None:
-        latest = latest_checkpoint(self.directory)
-        if latest is not None:
-            load_checkpoint(latest, state)
-            self.resumed_from = latest
+        for path in checkpoints(self.directory):
+            try:
+                load_checkpoint(path, state)
+            except DamagedFile as err:
+                self.set_aside.append(_set_aside(path))
+                log.warning("%s; set aside as %s, trying the checkpoint before it", err, self.set_aside[-1].name)
+                continue
+            self.resumed_from = path
+            return
+        if self.set_aside:
+            raise DamagedFile(f"every checkpoint in {self.directory} is damaged (set aside as *{DAMAGED_SUFFIX}): "
+                              "run the same command again to start this run over from step 0")
 
     def on_step(self, info: StepInfo, state: TrainState) -> None:
         if info.step < info.total_steps:  # the last step's state is saved by on_end, after the final evaluation
             self._save(state)
 
     def on_end(self, result: RunResult, state: TrainState) -> None:
-        self._save(state)
+        # A diverged state is not worth resuming: the checkpoints before it are what a rerun needs.
+        if not result.diverged:
+            self._save(state)
 
     def _save(self, state: TrainState) -> None:
         save_checkpoint(checkpoint_path(self.directory, state.step), state)
-        old = sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))[:-self.keep]
-        for p in old:
-            p.unlink()
+        for old in checkpoints(self.directory)[self.keep:]:
+            old.unlink()
+            checksum_path(old).unlink(missing_ok=True)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint (and its checksum) out of the way; the new name of the checkpoint."""
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    if checksum_path(path).exists():
+        os.replace(checksum_path(path), checksum_path(target))
+    os.replace(path, target)
+    return target

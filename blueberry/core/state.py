@@ -13,7 +13,7 @@ from blueberry.core.config import TrainConfig, determining, from_dict, to_dict
 from blueberry.core.optim import OptimizerSet
 from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
 from blueberry.core.task import Task
-from blueberry.errors import UserError
+from blueberry.errors import DamagedFile, UserError
 
 
 def run_record(task: Task, train: TrainConfig) -> dict[str, Any]:
@@ -46,7 +46,7 @@ class TrainState:
     checkpoint, which also records what loading the weights alone needs (task kind, model config,
     what the task says of its data, such as the tokenizer)."""
 
-    _COUNTERS = ("step", "tokens", "loss_ema", "ema_weight", "first_loss", "active_time_s", "eval_time_s",
+    COUNTERS = ("step", "tokens", "loss_ema", "ema_weight", "first_loss", "active_time_s", "eval_time_s",
                  "target_tokens", "target_time_s")
 
     def __init__(self, task: Task, train: TrainConfig, model: nn.Module, optimizer: OptimizerSet, stream: Any,
@@ -86,7 +86,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "data_position": self.stream.position,
             "torch_rng": torch.get_rng_state(),
-            **{name: getattr(self, name) for name in self._COUNTERS},
+            **{name: getattr(self, name) for name in self.COUNTERS},
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -99,9 +99,14 @@ class TrainState:
         if identity != self.identity:
             raise UserError("the checkpoint was written by a run with a different configuration: "
                             "resume with the same settings or use a new checkpoint directory")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.stream.position = payload["data_position"]
-        torch.set_rng_state(payload["torch_rng"])
-        for name in self._COUNTERS:
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.stream.position = payload["data_position"]
+            torch.set_rng_state(payload["torch_rng"])
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as err:
+            # The configuration matched, so the shapes must: what does not fit is a damaged payload.
+            raise DamagedFile(f"the checkpoint's state does not fit this run ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else '-'}): it is damaged") from None
+        for name in self.COUNTERS:
             setattr(self, name, payload[name])
