@@ -58,7 +58,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read_json_object(path: Path, what: str) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`; None when the file is missing, empty or not a JSON object (a file
     that was never finished), so callers treat it as absent instead of failing on it."""
     try:
@@ -116,7 +116,7 @@ class ExclusiveLock:
         return self._fd is not None
 
     def __enter__(self) -> ExclusiveLock:
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -2,8 +2,10 @@
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,12 +39,27 @@ def one_line_error(capsys, prog="blueberry-train"):
     (["--model", "vocab_size=1000"], "vocab_size is 1000"),
     (["--seq-len", "128"], "prepared with seq_len 256"),
     (["--device", "cuda"], "no CUDA device"),
+    (["--seed", "-1"], "expected an integer in [0, 2**63), got '-1'"),
+    (["--seed", "1234567890123456789012345"], "expected an integer in [0, 2**63)"),
+    (["--muon-lr", "inf"], "expected a positive finite number, got 'inf'"),
+    (["--adamw-lr", "nan"], "expected a positive finite number, got 'nan'"),
+    (["--experiment", ""], "expected a non-empty name"),
+    (["--run-name", "../../x"], "--run-name '../../x' leaves runs: use a plain name inside it"),
+    (["--run-name", "/tmp/x"], "--run-name '/tmp/x' must be a relative name inside runs"),
+    (["--runs-dir", "a-file"], "--runs-dir a-file is a file: pass a directory"),
+    (["--runs-dir", "a-file/runs"], "cannot write run tiny-"),
+    (["--track", "--tracking-uri", "bogus://x"], "tracking URI 'bogus://x' has an unknown scheme 'bogus'"),
+    (["--track", "--tracking-uri", "sqlite:////nonexistent-bb/x.db"], "directory /nonexistent-bb does not exist"),
 ])
 def test_train_errors_are_one_line_with_exit_status_2(args, message, capsys, builtin_dir, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a directory")
     data = [] if "--data" in args else ["--data", str(builtin_dir)]
-    assert run_train(*data, "--no-track", *args) == 2
+    track = [] if "--track" in args else ["--no-track"]
+    assert run_train(*data, *track, *[a for a in args if a != "--track"]) == 2
     assert message in one_line_error(capsys)
+    # Checked before anything is trained or written: nothing left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and not Path("/nonexistent-bb").exists()
 
 
 def test_corrupt_shard_is_a_one_line_error(builtin_dir, tmp_path, capsys):
@@ -76,6 +93,55 @@ def test_train_runs_tracks_and_does_not_redo_a_finished_run(builtin_dir, tmp_pat
     runs = client.search_runs([client.get_experiment_by_name("blueberry-train").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["preset"] == "tiny"
     assert runs[0].data.params["N"] == "1770880" and runs[0].data.params["D"] == "20480"
+
+
+def wait_for(condition, timeout_s=120.0, process=None):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process is None or process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_one_run_at_a_time_and_an_interrupted_run_resumes_into_one_mlflow_run(builtin_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--data", str(builtin_dir), "--train-tokens", "40960", "--batch-size", "4", "--eval-every", "10",
+            "--checkpoint-every", "15", "--tracking-uri", uri, "--run-name", "r1", "--no-progress"]
+    first = subprocess.Popen([sys.executable, "-m", "blueberry.cli.train", *args], cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = MlflowClient(uri)
+
+    def logged_steps():
+        experiment = client.get_experiment_by_name("blueberry-train")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        return [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] if runs else []
+
+    # Train losses are logged every 10 steps and checkpoints saved every 15: interrupted after step 20
+    # was logged, the run resumes from step 15 and trains steps 16-20 a second time.
+    wait_for(lambda: 20 in logged_steps(), process=first)
+
+    # A second process on the same run is refused in one line that names the holder.
+    capsys.readouterr()
+    assert run_train(*args) == 2
+    assert f"run r1 is in use by process {first.pid} " in one_line_error(capsys)
+
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 130 and "interrupted; run the same command again to continue" in err
+    (run,) = client.search_runs([client.get_experiment_by_name("blueberry-train").experiment_id])
+    assert run.info.status == "KILLED"  # before: left RUNNING
+    assert max(logged_steps()) < 40
+
+    (tmp_path / "runs" / "r1" / "result.json").write_text("")  # as a kill mid-write would have left it
+    assert run_train(*args) == 0
+    assert "resumed from" in capsys.readouterr().err
+    (run,) = client.search_runs([run.info.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted(logged_steps()) == [10, 20, 30, 40]  # every logged step once, none twice
+    assert json.loads((tmp_path / "runs" / "r1" / "result.json").read_text())["final/steps"] == 40
 
 
 def test_data_commands(builtin_dir, tmp_path, capsys):

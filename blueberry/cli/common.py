@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -22,6 +25,10 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_command(prog: str, body: Callable[[Sequence[str] | None], int | None],
                 argv: Sequence[str] | None = None) -> int:
     """Run a command body; turn `UserError` into one line on stderr and exit status 2."""
+    # SIGTERM (a scheduler's or `kill`'s polite stop) ends a command as Ctrl-C does: hooks close what
+    # they opened and the run resumes on the next invocation.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         return body(argv) or 0
     except SystemExit as exit_:  # argparse's own exits (--help, a bad flag) keep their status
@@ -32,6 +39,13 @@ def run_command(prog: str, body: Callable[[Sequence[str] | None], int | None],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def positive_int(text: str) -> int:
@@ -50,6 +64,33 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type for seeds: what numpy and torch both accept."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return value
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty name")
+    return text

@@ -12,16 +12,20 @@ finished one instead of training it twice. Changing only how a run is observed (
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
+from blueberry.cli.common import ArgumentParser, non_empty, positive_float, positive_int, run_command, seed
 from blueberry.core.config import OPTIMIZER_KINDS, PRECISION_KINDS, SCHEDULE_KINDS, TrainConfig, replace
 from blueberry.core.events import RunResult
-from blueberry.errors import ConfigError
+from blueberry.core.hardware import resolve_device
+from blueberry.errors import ConfigError, UserError
+from blueberry.files import ExclusiveLock, confined, read_json_object, write_atomic
 from blueberry.models.lm.config import PRESETS, ModelConfig
 from blueberry.models.lm.config import preset as preset_config
 from blueberry.models.run import RunConfig
@@ -42,7 +46,7 @@ TRAIN_FLAGS: dict[str, dict] = {
     "eval-every": dict(type=int, help="optimizer steps between validations (0: only at the end)"),
     "eval-tokens": dict(type=positive_int, help="validation tokens per evaluation"),
     "target-train-loss": dict(type=positive_float, help="stop when the smoothed train loss reaches this"),
-    "seed": dict(type=int),
+    "seed": dict(type=seed),
     "device": dict(help="auto, cpu, cuda or cuda:N"),
     "precision": dict(choices=PRECISION_KINDS),
     "checkpoint-every": dict(type=int, help="optimizer steps between checkpoints (0: only at the end)"),
@@ -62,7 +66,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (untimed warm-up)")
     parser.add_argument("--run-name", help="the resume key (default: preset + hash of the settings)")
     parser.add_argument("--runs-dir", default="runs", type=Path, help="where runs keep checkpoints (default: runs)")
-    parser.add_argument("--experiment", default="blueberry-train", help="MLflow experiment name")
+    parser.add_argument("--experiment", default="blueberry-train", type=non_empty,
+                        help="MLflow experiment name (default: blueberry-train)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                                                "sqlite:///mlflow.db)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -104,7 +109,8 @@ def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str
     if result.reached_target:
         lines.append(f"target       reached after {result.target_tokens:,} tokens, {result.target_time_s:.1f} s")
     if result.diverged:
-        lines.append("outcome      DIVERGED: the loss blew up; try a lower learning rate")
+        lines.append("outcome      DIVERGED: the loss blew up; try a lower learning rate (under a new --run-name: "
+                     "rerunning this one continues from its last checkpoint before the blow-up)")
     if uri:
         lines.append(f"tracked in   {uri}  (see it: mlflow ui --backend-store-uri {uri})")
     return "\n".join(lines)
@@ -123,21 +129,43 @@ def main_body(argv: Sequence[str] | None) -> int:
     task = run.task()
     # Imported here, not at the top: the data pipeline, MLflow and the loop take seconds to import,
     # and a flag error should answer at once.
+    from blueberry.platform.data import data_key, open_for
+    from blueberry.platform.tracking import check_uri, tracking_uri
+
+    resolve_device(train_cfg.device)  # before a run directory exists: a machine without the device has no run
+    if args.runs_dir.exists() and not args.runs_dir.is_dir():
+        raise UserError(f"--runs-dir {args.runs_dir} is a file: pass a directory")
+    if args.run_name:
+        confined(args.runs_dir, args.run_name, "--run-name")
+    uri = None if args.no_track else tracking_uri(args.tracking_uri)
+    if uri is not None:
+        check_uri(uri)
+    data = open_for(task, args.data, progress=not args.no_progress)
+    name = args.run_name or f"{args.preset}-{run.key(data=data_key(data))}"
+    run_dir = confined(args.runs_dir, name, "--run-name")
+    try:
+        lock = ExclusiveLock(run_dir / ".lock", f"run {name}").acquire()
+    except OSError as err:
+        raise UserError(f"cannot write run {name} in --runs-dir {args.runs_dir} ({err.strerror}): "
+                        "choose a directory you can write") from None
+    with lock:
+        return train_run(args, run, data, name, run_dir, uri)
+
+
+def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, run_dir: Path, uri: str | None) -> int:
+    """Train (or continue) the run in `run_dir`, holding its lock; report a finished one instead."""
     from blueberry.core.checkpoint import Checkpointer
     from blueberry.core.hooks import Hooks
     from blueberry.core.loop import train
     from blueberry.core.progress import ProgressBar
-    from blueberry.platform.data import data_key, open_for
-    from blueberry.platform.tracking import MlflowTracker, NullTracker, tracking_uri
+    from blueberry.platform.tracking import MlflowTracker, NullTracker
 
-    data = open_for(task, args.data, progress=not args.no_progress)
-    name = args.run_name or f"{args.preset}-{run.key(data=data_key(data))}"
-    run_dir = args.runs_dir / name
+    train_cfg = run.train
     result_file = run_dir / "result.json"
-    uri = None if args.no_track else tracking_uri(args.tracking_uri)
-    if result_file.is_file():
+    finished = read_json_object(result_file)
+    if finished is not None:
         print(f"{name} already finished; its result is in {result_file} (use --run-name to train a new run)")
-        print(result_file.read_text())
+        print(json.dumps(finished, indent=2))
         return 0
 
     checkpointer = Checkpointer(run_dir / "checkpoints", every=train_cfg.checkpoint_every)
@@ -147,10 +175,13 @@ def main_body(argv: Sequence[str] | None) -> int:
         uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
         reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
     hooks = Hooks([checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()]))
-    result = train(task, train_cfg, data, hooks)
+    result = train(run.task(), train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:
         print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)
-    result_file.write_text(json.dumps({"name": name, **result.metrics()}, indent=2))
+    # result.json is what makes the next run of this command report instead of train: written whole
+    # or not at all, and not for a diverged run, which a rerun continues from its last good checkpoint.
+    if not result.diverged:
+        write_atomic(result_file, json.dumps({"name": name, **result.metrics()}, indent=2))
     print(summary(name, run_dir, result, uri))
     return 0
 

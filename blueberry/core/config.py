@@ -10,6 +10,7 @@ what is recorded, not what is trained, so run identity (`blueberry.core.identity
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -175,12 +176,15 @@ class TrainConfig:
         require_choice("schedule", self.schedule, SCHEDULE_KINDS)
         require_choice("precision", self.precision, PRECISION_KINDS)
         for name in ("muon_lr", "adamw_lr"):
-            require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            require(0 < value < math.inf, f"{name} must be a positive finite number, got {value}")
+        # numpy's generators (the data order) take seeds in [0, 2**63); torch's take up to 2**64.
+        require(0 <= self.seed < 2**63, f"seed must be an integer in [0, 2**63), got {self.seed}")
         require(0 <= self.muon_momentum < 1, f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         require(len(self.adamw_betas) == 2 and all(0 <= b < 1 for b in self.adamw_betas),
                 f"adamw_betas must be two values in [0, 1), got {self.adamw_betas}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        require(0 <= self.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        require(0 <= self.grad_clip < math.inf, f"grad_clip must be >= 0 and finite, got {self.grad_clip}")
         for name in ("warmup_frac", "decay_frac", "min_lr_frac"):
             value = getattr(self, name)
             require(0 <= value <= 1, f"{name} must be in [0, 1], got {value}")

@@ -8,10 +8,13 @@ budget; `every=0` never calls it. No hook checks `step % N` itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from blueberry.core.events import EvalInfo, RunResult, StepInfo
 from blueberry.core.state import TrainState
+
+log = logging.getLogger(__name__)
 
 
 class Hook:
@@ -30,6 +33,10 @@ class Hook:
 
     def on_end(self, result: RunResult, state: TrainState) -> None:
         """After the run, diverged or not."""
+
+    def on_abort(self, error: BaseException, state: TrainState) -> None:
+        """When the run stops on an exception (Ctrl-C included), before it propagates: close what
+        was opened. `state` may be mid-step, so it is not a state to save."""
 
 
 def is_due(every: int, info: StepInfo) -> bool:
@@ -69,6 +76,15 @@ class Hooks(Hook):
     def on_end(self, result: RunResult, state: TrainState) -> None:
         for hook, _ in self._entries:
             hook.on_end(result, state)
+
+    def on_abort(self, error: BaseException, state: TrainState) -> None:
+        # Every hook gets its chance, and the error that stopped the run is the one that propagates:
+        # a hook failing to clean up (a tracking server gone too) is logged, not raised over it.
+        for hook, _ in self._entries:
+            try:
+                hook.on_abort(error, state)
+            except Exception:
+                log.exception("%s could not clean up after the run stopped", type(hook).__name__)
 
 
 class History(Hook):

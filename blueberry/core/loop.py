@@ -47,6 +47,17 @@ def train(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hook | Iterable[
     stream = data.train_stream(train_cfg.batch_size, train_cfg.seed, rank=parallel.rank,
                                world_size=parallel.world_size)
     state = TrainState(task, train_cfg, model, optimizer, stream, device, parallel, task.describe_data(data))
+    try:
+        return _run(task, train_cfg, data, hooks, parallel, state, total_steps, setup_start)
+    except BaseException as error:  # Ctrl-C and kills included: hooks close what they opened, then it goes on up
+        hooks.on_abort(error, state)
+        raise
+
+
+def _run(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hooks, parallel: DataParallel, state: TrainState,
+         total_steps: int, setup_start: float) -> RunResult:
+    """`train` from the hooks' start to their end, on the state `train` built."""
+    model, optimizer, stream, device = state.model, state.optimizer, state.stream, state.device
     tokens_per_step = state.tokens_per_step
     hooks.on_start(state)
 

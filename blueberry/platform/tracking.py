@@ -56,16 +56,40 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                         "(cluster/mlflow-server.sh), fix --tracking-uri, or pass --no-track") from None
 
 
+# The tracking stores MLflow can open (`mlflow.tracking._tracking_service.utils`); a bare path is a file store.
+SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, in one line, a URI MLflow cannot open, or a SQLite file in a directory that does not
+    exist (SQLAlchemy would create the directories: a typo would leave `/nonexistent/` behind)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return
+    if scheme.split("+")[0] not in SCHEMES:
+        raise UserError(f"tracking URI {uri!r} has an unknown scheme {scheme!r}: use sqlite:///FILE.db, "
+                        "http(s)://HOST:PORT or another store MLflow supports")
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest  # sqlite:///rel.db and sqlite:////abs.db
+        directory = Path(path).expanduser().parent if path and path != ":memory:" else Path(".")
+        if not directory.is_dir():
+            raise UserError(f"tracking URI {uri!r}: directory {directory} does not exist; create it or choose "
+                            "another path")
+
+
 def client(uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
     resolved = tracking_uri(uri)
+    check_uri(resolved)
     check_reachable(resolved)
     return MlflowClient(tracking_uri=resolved)
 
 
 def ensure_experiment(mlflow_client: Any, name: str) -> str:
     """The id of experiment `name`, created (tagged as model training) if it does not exist."""
+    if not name.strip():
+        raise UserError("the MLflow experiment name is empty: pass a name, e.g. --experiment blueberry-train")
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -132,6 +156,7 @@ class MlflowTracker(Hook):
         self.identity = dict(identity or {})  # tags that name this run uniquely, so a restart finds it
         self.workers = workers  # data-parallel processes: throughput is also logged per worker
         self.run_id: str | None = None
+        self.logged_through = {"train": 0, "val": 0}  # the last step an earlier attempt logged, by kind
 
     def _existing_run(self) -> str | None:
         """The run this tracker resumes: named by the run id file, or found by `identity` tags."""
@@ -159,6 +184,13 @@ class MlflowTracker(Hook):
         self.run_id = existing if resuming else self._create_run()
         tags = {"device": device_name(state.device), "task": state.task.kind,
                 **({"git_commit": c} if (c := git_commit()) else {})}
+        if resuming:
+            # A resumed run repeats the steps between its checkpoint and the interruption; they are
+            # in the run already, and a step logged twice would draw a second line over the first.
+            # (Each kind is logged in one batch, so one key tells how far it got.)
+            self.logged_through = {kind: max((m.step for m in self.client.get_metric_history(self.run_id, key)),
+                                             default=0) for kind, key in (("train", "train/loss"),
+                                                                           ("val", "val/tokens"))}
         params = [] if resuming else [Param(k, v) for k, v in flat_params(self.params).items()]
         self.client.log_batch(self.run_id, params=params, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, status="RUNNING")
@@ -170,6 +202,8 @@ class MlflowTracker(Hook):
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def on_step(self, info: StepInfo, state: TrainState) -> None:
+        if info.step <= self.logged_through["train"]:
+            return
         metrics = {"train/loss": info.loss, "train/smoothed_loss": info.smoothed_loss, "train/tokens": info.tokens,
                    "train/lr_multiplier": info.lr_multiplier, "train/tokens_per_s": info.tokens_per_s}
         metrics |= {f"train/lr_group{i}": g["lr"] for i, g in enumerate(state.optimizer.param_groups)}
@@ -180,6 +214,8 @@ class MlflowTracker(Hook):
         self._log(metrics, info.step)
 
     def on_eval(self, info: EvalInfo, state: TrainState) -> None:
+        if info.step <= self.logged_through["val"]:
+            return
         self._log({**{f"val/{name}": value for name, value in info.metrics.items()}, "val/tokens": info.tokens},
                   info.step)
 
@@ -192,6 +228,12 @@ class MlflowTracker(Hook):
             self.client.log_artifact(self.run_id, str(config_path))
             self.client.log_artifact(self.run_id, str(self._draw_loss_curve(Path(tmp) / "loss_curve.png", state)))
         self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def on_abort(self, error: BaseException, state: TrainState) -> None:
+        # Interrupted (Ctrl-C, SIGTERM) runs are KILLED and resume into the same run; anything else FAILED.
+        if self.run_id is not None:
+            killed = isinstance(error, (KeyboardInterrupt, SystemExit))
+            self.client.set_terminated(self.run_id, status="KILLED" if killed else "FAILED")
 
     def _draw_loss_curve(self, path: Path, state: TrainState) -> Path:
         """From the run's logged history, so a resumed run's curve includes what came before the resume."""
