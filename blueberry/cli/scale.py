@@ -7,12 +7,14 @@
     blueberry-scale plan --law chinchilla --params 8e9 --tokens 15e12 --gpu h100 --mfu 0.4
 
 Each subcommand imports what it uses (SciPy, matplotlib, MLflow) inside its own function, so `--help`
-and a flag error do not wait for them.
+and a flag error do not wait for them. Output paths are checked before any fit, and files are written
+(atomically) only once everything has succeeded.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 from blueberry.cli.common import ArgumentParser, positive_float, run_command
 from blueberry.core.hardware import GPU_ALIASES
 from blueberry.errors import UserError
+from blueberry.files import write_atomic
 from blueberry.models.lm.config import PRESETS
 
 PROG = "blueberry-scale"
@@ -110,12 +113,35 @@ def load_points(args):
     return points.exclude_top(args.exclude_top) if args.exclude_top else points, source
 
 
+def check_output(where: str | Path | None, flag: str) -> None:
+    """Refuse an output path that cannot become a file, before any work is done ("-" is stdout)."""
+    if where is None or str(where) == "-":
+        return
+    path = Path(where)
+    if path.is_dir() or str(where).endswith(os.sep):
+        raise UserError(f"{flag} {where} is a directory: give a file name in it")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{flag} {where} exists and is not a regular file: give a file name")
+    if not path.parent.is_dir():
+        state = "is not a directory" if path.parent.exists() else "does not exist"
+        raise UserError(f"{flag} {where}: {path.parent} {state}; create the directory first or write elsewhere")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {where}: directory {path.parent} is not writable; write elsewhere")
+
+
+def _write(where: str | Path, content: str | bytes) -> None:
+    try:
+        write_atomic(where, content)
+    except OSError as err:  # checked beforehand; what is left is the disk (full, gone read-only)
+        raise UserError(f"cannot write {where}: {err.strerror or err}") from None
+
+
 def _emit_json(payload: dict, where: str) -> None:
     text = json.dumps(payload, indent=2)
     if where == "-":
         print(text)
     else:
-        Path(where).write_text(text + "\n")
+        _write(where, text + "\n")
 
 
 def fit_payload(points, fit, boot, isoflop) -> dict:
@@ -158,6 +184,12 @@ def cmd_fit(args) -> None:
 
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    check_output(args.json, "--json")
+    check_output(args.plot, "--plot")
+    if args.plot:
+        from blueberry.scaling.plots import image_format, render_law
+
+        plot_format = image_format(args.plot)
     points, source = load_points(args)
     fit = fit_law(points)
     if not fit.converged:
@@ -168,20 +200,20 @@ def cmd_fit(args) -> None:
     except UserError:
         isoflop = None  # approach 2 needs several sizes per budget; many datasets do not have them
     payload = fit_payload(points, fit, boot, isoflop)
+    image = render_law(points, fit.law, plot_format) if args.plot else None
     if args.json != "-":
         print(fit_table(payload, source))
     if args.json:
         _emit_json(payload, args.json)
-    if args.plot:
-        from blueberry.scaling.plots import plot_law
-
-        plot_law(points, fit.law, args.plot)
+    if image is not None:
+        _write(args.plot, image)
 
 
 def cmd_hparams(args) -> None:
     from blueberry.scaling.hparams import Trial, fit_hparam_laws
     from blueberry.scaling.runs import column
 
+    check_output(args.json, "--json")
     rows, source, from_mlflow = _rows(args)
     if args.compute_col or "C" in rows[0]:
         compute = column(rows, args.compute_col or "C", source)
@@ -210,21 +242,13 @@ def cmd_hparams(args) -> None:
 def load_law(args):
     """(law, bootstrap samples or None, description) from --law or a fit of --csv/--experiment."""
     from blueberry.scaling.fit import bootstrap_law, fit_law
-    from blueberry.scaling.law import Law
+    from blueberry.scaling.law import Law, read_law_json
 
     if args.law == "chinchilla":
         return Law(**{k: v[0] for k, v in CHINCHILLA.items()}), None, "Chinchilla (Epoch AI 2024 refit)"
     if args.law:
-        path = Path(args.law)
-        if not path.is_file():
-            raise UserError(f"law file {path} does not exist: write one with `blueberry-scale fit --json {path}`")
-        try:
-            raw = json.loads(path.read_text())
-            law = Law(**{k: float(raw[k]["estimate"]) for k in ("E", "A", "B", "alpha", "beta")})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise UserError(f"{path} is not a `blueberry-scale fit --json` file") from None
-        samples = raw.get("bootstrap_samples")
-        return law, {k: np.array(v) for k, v in samples.items()} if samples else None, str(path)
+        law, samples = read_law_json(Path(args.law))
+        return law, samples, args.law
     args.params_col, args.tokens_col, args.flops_col, args.loss_col = "N", None, None, None
     points, source = load_points(args)
     fit = fit_law(points)
@@ -264,7 +288,7 @@ def cmd_plan(args) -> None:
     from blueberry.scaling.hparams import HparamLaws
     from blueberry.scaling.plan import Target, make_plan
 
-    law, samples, law_source = load_law(args)
+    check_output(args.json, "--json")
     architecture = None
     params = args.params
     if args.preset:
@@ -276,8 +300,9 @@ def cmd_plan(args) -> None:
     if args.hparams:
         try:
             hparams = HparamLaws.from_dict(json.loads(Path(args.hparams).read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):  # ValueError: not UTF-8, not JSON
             raise UserError(f"{args.hparams} is not a readable `blueberry-scale hparams --json` file") from None
+    law, samples, law_source = load_law(args)  # last: with --csv/--experiment it fits and bootstraps
     plan = make_plan(law, target, samples, hparams, vocab_size=args.vocab, architecture=architecture)
     if args.json != "-":
         print(plan_text(plan, law_source))

@@ -5,13 +5,20 @@ tokens, and training compute C = 6 N D. Minimising L at fixed C gives (Hoffmann 
 
     N_opt(C) = G (C/6)^a,   D_opt(C) = G^-1 (C/6)^b,
     G = (alpha A / (beta B))^(1 / (alpha + beta)),  a = beta / (alpha + beta),  b = alpha / (alpha + beta).
+
+`read_law_json` reads a law back from `blueberry-scale fit --json` and refuses one these formulas cannot use.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+from blueberry.errors import UserError
 
 PARAMETER_NAMES = ("E", "A", "B", "alpha", "beta")
 
@@ -54,3 +61,58 @@ class Law:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_law_json(path: Path) -> tuple[Law, dict[str, np.ndarray] | None]:
+    """The law and its bootstrap samples (one array per parameter, or None) from a `fit --json` file.
+
+    Refused with a one-line `UserError`: a file that is not a JSON object, an estimate that is missing
+    or not a finite number, E < 0, or A, B, alpha, beta <= 0 (the loss would not fall with N and D, and
+    G, a, b divide by zero or go complex); samples that are not one flat list of finite numbers per
+    parameter, all of one length.
+    """
+    if path.is_dir():
+        raise UserError(f"law file {path} is a directory: give the `blueberry-scale fit --json` file in it")
+    if not path.is_file():
+        raise UserError(f"law file {path} does not exist: write one with `blueberry-scale fit --json {path}`")
+    refit = "write it again with `blueberry-scale fit --json`"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError covers bytes that are not UTF-8 and text that is not JSON
+        raise UserError(f"{path} is not a `blueberry-scale fit --json` file (not JSON text): {refit}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a `blueberry-scale fit --json` file (expected a JSON object with "
+                        f"{', '.join(PARAMETER_NAMES)}): {refit}")
+    values = {}
+    for name in PARAMETER_NAMES:
+        entry = raw.get(name)
+        value = entry.get("estimate") if isinstance(entry, dict) else None
+        if not _is_number(value) or not math.isfinite(value):
+            raise UserError(f"{path}: {name} has no finite number as its estimate (got {entry!r:.60}): {refit}")
+        if value < 0 or (value == 0 and name != "E"):
+            bound = ">= 0" if name == "E" else "> 0"
+            raise UserError(f"{path}: {name} must be {bound} for a law whose loss falls with N and D, got {value}: "
+                            f"{refit}")
+        values[name] = float(value)
+    samples = raw.get("bootstrap_samples")
+    if samples is None:
+        return Law(**values), None
+    if not isinstance(samples, dict):
+        raise UserError(f"{path}: bootstrap_samples must be an object of lists, one per parameter: {refit}")
+    arrays = {}
+    for name in PARAMETER_NAMES:
+        draws = samples.get(name)
+        if not isinstance(draws, list) or not draws or not all(_is_number(v) for v in draws):
+            raise UserError(f"{path}: bootstrap_samples[{name!r}] must be a flat list of numbers, one per refit "
+                            f"(got {draws!r:.60}): {refit}")
+        arrays[name] = np.array(draws, dtype=np.float64)
+        if not np.all(np.isfinite(arrays[name])):
+            raise UserError(f"{path}: bootstrap_samples[{name!r}] holds NaN or infinity: {refit}")
+    if len({len(draws) for draws in arrays.values()}) > 1:
+        raise UserError(f"{path}: bootstrap_samples lists differ in length "
+                        f"({', '.join(f'{k} {len(v)}' for k, v in arrays.items())}): {refit}")
+    return Law(**values), arrays

@@ -19,6 +19,11 @@ DEFAULT_VOCAB = 49152  # the SmolLM2 tokenizer the Blueberry family uses
 # Width-to-depth ratio d_model / n_layers: about 23 for nano-88m, 128 for Llama-3-8B-like models;
 # interpolated as a power of N in between (and beyond).
 ASPECT_ANCHORS = ((88e6, 23.0), (8e9, 128.0))
+# The largest plan worth computing. Today's largest training runs are near 1e12 parameters and under
+# 1e27 FLOP; these sit a thousand times and more beyond them (a Chinchilla-optimal 1e15-parameter model
+# needs about 1e32 FLOP), far past anything a fitted law predicts, and keep powers of N and C finite.
+MAX_PARAMS = 1e15
+MAX_FLOPS = 1e33
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,12 @@ class Target:
     mfu: float = 0.4
     price_per_gpu_hour: float | None = None
 
+    @property
+    def flags(self) -> str:
+        """The target as the flags that asked for it, for messages."""
+        return " ".join(f"--{name.replace('_', '-')} {getattr(self, name):g}"
+                        for name in ("params", "tokens", "flops", "gpu_hours") if getattr(self, name) is not None)
+
     def __post_init__(self) -> None:
         given = [name for name in ("params", "flops", "gpu_hours") if getattr(self, name) is not None]
         if len(given) != 1:
@@ -42,7 +53,11 @@ class Target:
         for name in ("params", "tokens", "flops", "gpu_hours", "price_per_gpu_hour"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise UserError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+        if self.params is not None and self.params > MAX_PARAMS:
+            raise UserError(f"--params {self.params:g} is beyond any plan: give a size up to {MAX_PARAMS:g} parameters")
+        if self.flops is not None and self.flops > MAX_FLOPS:
+            raise UserError(f"--flops {self.flops:g} is beyond any plan: give a compute up to {MAX_FLOPS:g} FLOP")
         if not 0 < self.mfu <= 1:
             raise UserError(f"--mfu must be in (0, 1], got {self.mfu}")
 
@@ -153,14 +168,24 @@ def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = 
               architecture: ModelConfig | None = None) -> Plan:
     """The plan for `target` under `law`; `samples` (bootstrap draws of the law) give the loss interval."""
     peak = gpu_peak_flops(target.gpu)
-    if target.params is not None:
-        N = target.params
-        D = target.tokens if target.tokens is not None else law.compute_optimal_tokens(N)
-        C = 6 * N * D
-    else:
-        C = target.flops if target.flops is not None else target.gpu_hours * 3600 * peak * target.mfu
-        N, D = law.compute_optimal(C)
-    optimal_N, optimal_D = law.compute_optimal(C)
+    try:
+        if target.params is not None:
+            N = target.params
+            D = target.tokens if target.tokens is not None else law.compute_optimal_tokens(N)
+            C = 6 * N * D
+        else:
+            C = target.flops if target.flops is not None else target.gpu_hours * 3600 * peak * target.mfu
+            N, D = law.compute_optimal(C)
+        optimal_N, optimal_D = law.compute_optimal(C)
+    except ArithmeticError:  # exponents near 0 send G = (...)^(1/(alpha+beta)) or (N/G)^(1/a) out of float range
+        raise UserError(f"{target.flags}: the law (alpha {law.alpha:g}, beta {law.beta:g}) puts this plan beyond "
+                        "floating-point range; check the law's exponents") from None
+    if not C <= MAX_FLOPS:
+        raise UserError(f"{target.flags} means training compute C = {C:.3g} FLOP, beyond the "
+                        f"{MAX_FLOPS:g} FLOP a plan can mean: ask for less")
+    if not N <= MAX_PARAMS:
+        raise UserError(f"{target.flags} means a model of N = {N:.3g} parameters under this law, beyond the "
+                        f"{MAX_PARAMS:g} a plan can mean: ask for less")
     loss = float(law.loss(N, D))
     gpu_hours = C / (peak * target.mfu) / 3600
     laws, source = (hparams, "fitted") if hparams is not None else (deepseek_laws(), "DeepSeek LLM AdamW law")

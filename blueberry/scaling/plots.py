@@ -1,7 +1,13 @@
-"""The fitted law drawn: runs, loss-vs-compute curves at fixed N, and the compute-optimal frontier."""
+"""The fitted law drawn: runs, loss-vs-compute curves at fixed N, and the compute-optimal frontier.
+
+The image is rendered to bytes, so a caller checks the file name with `image_format` before any work
+and writes the file only once everything else has succeeded.
+"""
 
 from __future__ import annotations
 
+import io
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -9,12 +15,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
+from blueberry.errors import UserError  # noqa: E402
 from blueberry.scaling.fit import ScalingPoints  # noqa: E402
 from blueberry.scaling.law import Law  # noqa: E402
 
 
-def plot_law(points: ScalingPoints, law: Law, path: Path) -> Path:
+def image_format(path: Path) -> str:
+    """The format matplotlib writes for `path`'s extension; a `UserError` names the ones it can write."""
+    formats = FigureCanvasBase.get_supported_filetypes()
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in formats:
+        got = f"extension .{fmt}" if fmt else "no extension"
+        raise UserError(f"--plot {path} has {got}: end the name with one of "
+                        f"{', '.join(f'.{f}' for f in sorted(formats))}")
+    texsystem = matplotlib.rcParams["pgf.texsystem"]
+    if fmt == "pgf" and shutil.which(texsystem) is None:  # the pgf backend measures text with LaTeX
+        raise UserError(f"--plot {path}: writing .pgf needs {texsystem}, which is not installed; use .pdf or .svg")
+    return fmt
+
+
+def render_law(points: ScalingPoints, law: Law, fmt: str = "png") -> bytes:
+    """The plot as the bytes of a `fmt` image (see `image_format`)."""
     fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
     sc = ax.scatter(points.C, points.loss, c=np.log10(points.N), cmap="viridis", s=18, label="runs")
     fig.colorbar(sc, ax=ax, label="log10 N (parameters)")
@@ -33,6 +56,7 @@ def plot_law(points: ScalingPoints, law: Law, path: Path) -> Path:
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt)
     plt.close(fig)
-    return Path(path)
+    return image.getvalue()

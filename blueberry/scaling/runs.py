@@ -11,12 +11,29 @@ from blueberry.errors import UserError
 Row = dict[str, str | float]
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def read_csv(path: str | Path) -> list[Row]:
+    """Rows of a UTF-8 CSV file (a spreadsheet's byte-order mark is allowed), keyed by its header."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory: give the CSV file itself")
     if not path.is_file():
         raise UserError(f"CSV file {path} does not exist")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError:
+        with open(path, "rb") as f:
+            if f.read(2) == GZIP_MAGIC:
+                raise UserError(f"{path} is gzip-compressed: decompress it (gunzip) and give the .csv") from None
+        raise UserError(f"{path} is not UTF-8 text (a binary file, or another encoding): "
+                        "give the CSV, saved as UTF-8") from None
+    except csv.Error as err:
+        raise UserError(f"{path} is not a readable CSV file ({err}): give the CSV itself") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
     if not rows:
         raise UserError(f"{path} has no rows")
     return rows

@@ -1,0 +1,164 @@
+"""`blueberry-scale` answers each input of issue #12 with one line on stderr and exit status 2, no traceback:
+a CSV that is not text, an output path that cannot become a file, a plot extension matplotlib cannot
+write, a law file that is not a usable law, and a plan target beyond any meaningful size. Output paths
+and plot formats are refused before the fit runs (the fit is replaced by one that fails the test), and a
+refused command leaves its directory as it was."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blueberry.cli import scale as scale_cli
+from blueberry.scaling import fit as scaling_fit
+
+LAW = {"E": 1.82, "A": 482.0, "B": 2085.0, "alpha": 0.35, "beta": 0.37}  # Epoch AI's Chinchilla refit, rounded
+BLUEBERRY_SCALE = Path(sys.executable).parent / "blueberry-scale"
+
+
+def refused(argv: list, capsys) -> str:
+    """Run the command in-process; it must exit 2 with one `blueberry-scale: error:` line on stderr."""
+    assert scale_cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blueberry-scale: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.fixture
+def runs_csv(tmp_path) -> Path:
+    N, D = (a.ravel() for a in np.meshgrid(np.logspace(7, 10, 4), np.logspace(9, 12, 4)))
+    loss = LAW["E"] + LAW["A"] / N ** LAW["alpha"] + LAW["B"] / D ** LAW["beta"]
+    path = tmp_path / "runs.csv"
+    path.write_text("N,D,loss\n" + "".join(f"{n},{d},{x}\n" for n, d, x in zip(N, D, loss)))
+    return path
+
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """A mistake in the arguments must be answered before the (expensive) fit starts."""
+    def fit_law(*args, **kwargs):
+        raise AssertionError("the fit ran before the arguments were checked")
+    monkeypatch.setattr(scaling_fit, "fit_law", fit_law)
+
+
+@pytest.mark.parametrize("command", [["fit"], ["hparams"], ["plan", "--params", "1e9"]])
+@pytest.mark.parametrize("kind, message", [("random bytes", "not UTF-8 text"), ("gzip", "gzip-compressed")])
+def test_a_binary_csv_is_refused(command, kind, message, runs_csv, tmp_path, capsys):
+    binary = tmp_path / "runs.bin"
+    binary.write_bytes(bytes(range(128, 256)) * 16 if kind == "random bytes" else gzip.compress(runs_csv.read_bytes()))
+    err = refused([command[0], "--csv", binary, *command[1:]], capsys)
+    assert message in err and str(binary) in err
+
+
+@pytest.mark.parametrize("flag, name", [("--json", "law.json"), ("--plot", "law.png")])
+@pytest.mark.parametrize("where, message", [("missing", "does not exist"), ("directory", "is a directory")])
+def test_fit_output_that_cannot_be_written_is_refused_before_the_fit(flag, name, where, message, runs_csv, tmp_path,
+                                                                      no_fit, capsys):
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "nowhere" / name if where == "missing" else tmp_path / "out"
+    before = listing(tmp_path)
+    err = refused(["fit", "--csv", runs_csv, flag, target], capsys)
+    assert f"{flag} {target}" in err and message in err
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", [["plan", "--csv", "{csv}", "--params", "1e9"], ["hparams", "--csv", "{csv}"]])
+def test_plan_and_hparams_output_in_a_missing_directory_is_refused_first(command, runs_csv, tmp_path, no_fit,
+                                                                          capsys):
+    target = tmp_path / "nowhere" / "out.json"
+    err = refused([a.format(csv=runs_csv) for a in command] + ["--json", target], capsys)
+    assert f"--json {target}" in err and "does not exist" in err
+
+
+def test_a_plot_extension_matplotlib_cannot_write_is_refused_before_the_fit(runs_csv, tmp_path, no_fit, capsys):
+    before = listing(tmp_path)
+    err = refused(["fit", "--csv", runs_csv, "--json", tmp_path / "law.json", "--plot", tmp_path / "law.xyz"], capsys)
+    assert ".xyz" in err and ".png" in err and ".svg" in err
+    assert listing(tmp_path) == before  # in particular no law.json without its plot
+
+
+def with_samples(**samples) -> dict:
+    draws = {name: [value] * 3 for name, value in LAW.items()}
+    return {**{k: {"estimate": v} for k, v in LAW.items()}, "bootstrap_samples": {**draws, **samples}}
+
+
+@pytest.mark.parametrize("law, message", [
+    ({**with_samples(), "alpha": {"estimate": -0.3}}, "alpha must be > 0"),
+    ({**with_samples(), "beta": {"estimate": 0}}, "beta must be > 0"),
+    ({**with_samples(), "E": {"estimate": float("nan")}}, "E has no finite number"),
+    (with_samples(E=[[1.8, 1.9], [1.7, 1.8]]), "bootstrap_samples['E'] must be a flat list of numbers"),
+    (with_samples(A=["482", "490", "470"]), "bootstrap_samples['A'] must be a flat list of numbers"),
+    (with_samples(alpha=[0.35, float("nan"), 0.34]), "bootstrap_samples['alpha'] holds NaN"),
+    (with_samples(beta=[0.37]), "bootstrap_samples lists differ in length"),
+    ({**with_samples(), "bootstrap_samples": [[1.8, 482.0, 2085.0, 0.35, 0.37]]},
+     "bootstrap_samples must be an object"),
+    ({**with_samples(), "bootstrap_samples": {"E": [1.8]}}, "bootstrap_samples['A']"),
+])
+def test_a_law_file_that_is_not_a_usable_law_is_refused(law, message, tmp_path, capsys):
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps(law))  # NaN is written as the bare token NaN, which Python's json reads back
+    err = refused(["plan", "--law", path, "--params", "1e9"], capsys)
+    assert str(path) in err and message in err
+
+
+def test_a_law_whose_exponents_overflow_the_plan_is_refused(tmp_path, capsys):
+    path = tmp_path / "law.json"  # positive but tiny exponents: G = (alpha A / (beta B))^5000 underflows to 0
+    path.write_text(json.dumps({**with_samples(), "alpha": {"estimate": 1e-4}, "beta": {"estimate": 1e-4}}))
+    err = refused(["plan", "--law", path, "--params", "1e9"], capsys)
+    assert "beyond floating-point range" in err and "alpha 0.0001" in err
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"a law"', json.dumps({"E": {"estimate": 1.8}}), "\x00\x01 not json"])
+def test_a_law_file_that_is_not_a_fit_json_object_is_refused(text, tmp_path, capsys):
+    # Already refused before issue #12; kept so the stricter reader does not lose them.
+    path = tmp_path / "law.json"
+    path.write_text(text)
+    assert str(path) in refused(["plan", "--law", path, "--params", "1e9"], capsys)
+
+
+@pytest.mark.parametrize("target, limit", [
+    (["--params", "1e300"], "1e+15"),
+    (["--params", "1e30"], "1e+15"),
+    (["--flops", "1e300"], "1e+33"),
+    (["--gpu-hours", "1e300"], "1e+33"),
+    (["--params", "1e9", "--tokens", "1e300"], "1e+33"),
+    (["--flops", "1e33"], "1e+15"),  # the compute is in range, the compute-optimal model it implies is not
+])
+def test_plan_targets_beyond_any_plan_are_refused_naming_the_limit(target, limit, capsys):
+    err = refused(["plan", "--law", "chinchilla", *target], capsys)
+    assert target[0] in err and limit in err
+
+
+def test_the_largest_plan_still_plans(capsys):
+    assert scale_cli.main(["plan", "--law", "chinchilla", "--params", "1e15", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["N"] == 1e15
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_non_positive_or_non_finite_targets_are_refused(value, capsys):
+    # Already refused before issue #12 (by argparse or by Target); kept as a guard.
+    assert scale_cli.main(["plan", "--law", "chinchilla", f"--params={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--csv", "{binary}"], "not UTF-8 text"),
+    (["plan", "--law", "chinchilla", "--params", "1e300"], "1e+15"),
+])
+def test_the_installed_command_exits_2_with_one_line(argv, message, tmp_path):
+    binary = tmp_path / "runs.csv"
+    binary.write_bytes(bytes(range(128, 256)) * 16)
+    done = subprocess.run([str(BLUEBERRY_SCALE), *(a.format(binary=binary) for a in argv)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("blueberry-scale: error: ") and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr and message in done.stderr and done.stdout == ""
