@@ -34,8 +34,8 @@ def test_model_config_rejects(fields, message):
     (dict(schedule="linear"), "schedule must be one of"),
     (dict(muon_lr=0.0), "muon_lr must be a positive finite number"),
     (dict(adamw_lr=float("inf")), "adamw_lr must be a positive finite number"),
-    (dict(seed=-1), "seed must be an integer in [0, 2**63)"),
-    (dict(seed=2**63), "seed must be an integer in [0, 2**63)"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*63\)"),
+    (dict(seed=2**63), r"seed must be an integer in \[0, 2\*\*63\)"),
     (dict(warmup_frac=1.5), "warmup_frac"),
     (dict(schedule="wsd", warmup_frac=0.5, decay_frac=0.6), "must not exceed 1"),
 ])
