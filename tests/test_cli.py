@@ -23,8 +23,10 @@ def run_train(*args):
 
 
 def one_line_error(capsys, prog="blueberry-train"):
+    """The one stderr line of a refused command (`prog` None: whatever the program calls itself)."""
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"{prog}: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert f"{prog or ''}: error: " in err.split("\n")[0] and "\n" not in err and "Traceback" not in err, err
+    assert prog is None or err.startswith(prog), err
     return err
 
 
@@ -168,6 +170,27 @@ def test_console_script_exit_status_from_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("blueberry-train: error: unknown preset 'nope'; choose one of tiny, small, "
                                    "nano-88m, nano-151m")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus-per-trial", "-1"], "expected a number >= 0, got '-1'"),
+    (["--seed", "-3"], "expected an integer in [0, 2**63)"),
+    (["--name", ""], "expected a non-empty name"),
+    (["--storage", "a-file"], "--storage a-file is a file: pass a directory"),
+    (["--name", "../up"], "--name '../up' leaves"),
+    (["--tracking-uri", "sqlite:////nonexistent-bb/m.db"], "directory /nonexistent-bb does not exist"),
+])
+def test_study_errors_are_one_line_with_exit_status_2(args, message, capsys, monkeypatch, tmp_path):
+    import runpy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    lr_sweep = runpy.run_path(str(REPO / "studies" / "lr_sweep.py"))["LrSweep"]()
+    flags = ["--smoke", "--storage", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert lr_sweep.main([*flags, *args]) == 2
+    # argparse names the program after sys.argv[0]; the study's own errors, after its experiment
+    assert message in one_line_error(capsys, None)
+    assert not Path("/nonexistent-bb").exists()
 
 
 STUDY_CONFIG = """

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from blueberry.core.config import TrainConfig
 from blueberry.core.hooks import History
 from blueberry.core.loop import train
+from blueberry.errors import UserError
 from blueberry.models.lm.config import tiny
 from blueberry.models.run import RunConfig
 from blueberry.platform.distributed import RUN_TAG, DistributedConfig, run_distributed
@@ -115,3 +116,11 @@ def test_whole_job_restart_resumes_by_name(tmp_path):
     assert "resumed from step" in done.stdout
     _, runs = mlflow_run(uri, "job")
     assert len(runs) == 1 and runs[0].data.metrics["final/steps"] == 30
+
+
+def test_more_workers_than_the_cluster_holds_is_refused_at_once(ray_local, builtin_data, tmp_path):
+    # Before: Ray Train waited for workers it could never place, retrying forever.
+    cfg = DistributedConfig(name="too-many", workers=5, storage=str(tmp_path / "ray"),
+                            tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(UserError, match=r"^--workers 5 x 1 CPU needs 5 CPU and 0 GPU but the cluster has 2 CPU"):
+        run_distributed(run_config(4, 2, 5), share(builtin_data), cfg)

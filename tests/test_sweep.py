@@ -137,26 +137,51 @@ def row_resumed(result):
     return trial.last_result["resumed_from_step"]
 
 
-def test_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
+def test_a_study_that_fails_before_its_trials_leaves_no_run_open(ray_local, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        run_sweep(smoke_config(tmp_path, "bad-data", data=str(tmp_path / "missing")))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        run_sweep(dataclasses.replace(smoke_config(tmp_path, "bad-storage"), storage=str(tmp_path / "a-file")))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("unit_sweep")
+    assert client.search_runs([experiment.experiment_id]) == []  # before: a parent run left RUNNING
+
+
+def count_runs(uri, query):
+    """How many lr_sweep runs match `query` (0 while the driver is still creating the database)."""
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("lr_sweep")
+        return len(client.search_runs([experiment.experiment_id], filter_string=query)) if experiment else 0
+    except Exception:  # the database is being created by the driver
+        return 0
+
+
+def wait_while_running(proc, condition, timeout_s=240):
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert proc.poll() is None, "the study ended before the test could act on it"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_one_driver_per_study_and_a_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     argv = [sys.executable, str(REPO / "studies" / "lr_sweep.py"), "--smoke", "--name", "driver-kill",
-            "--storage", str(tmp_path / "ray"), "--tracking-uri", uri, "--trials", "2", "--max-concurrent", "1", "--train-tokens", "16384"]
+            "--storage", str(tmp_path / "ray"), "--tracking-uri", uri, "--trials", "2", "--max-concurrent", "1",
+            "--train-tokens", "24576"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 240
-    finished = 0
-    while time.time() < deadline and finished < 1 and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            client = MlflowClient(uri)
-            experiment = client.get_experiment_by_name("lr_sweep")
-            if experiment is not None:
-                finished = len(client.search_runs([experiment.experiment_id],
-                                                  filter_string="attributes.status = 'FINISHED'"))
-        except Exception:  # the database is being created by the driver
-            continue
-    assert proc.poll() is None, "the study ended before it could be interrupted"
+    # A second driver of the same study is refused at once, naming the first (before: both ran every
+    # trial and recorded it twice).
+    wait_while_running(proc, lambda: count_runs(uri, f"tags.`{KIND_TAG}` = 'study'") == 1)
+    second = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"study 'driver-kill' is in use by process {proc.pid} " in second.stderr
+
+    wait_while_running(proc, lambda: count_runs(uri, "attributes.status = 'FINISHED'") >= 1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     subprocess.run(argv, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=400)
@@ -165,7 +190,8 @@ def test_killed_driver_resumes_with_one_mlflow_run_per_trial(tmp_path):
     experiment = client.get_experiment_by_name("lr_sweep")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`blueberry.study` = 'driver-kill'")
     trials = [r for r in runs if r.data.tags[KIND_TAG] == "trial"]
-    assert len([r for r in runs if r.data.tags[KIND_TAG] == "study"]) == 1
+    (parent,) = [r for r in runs if r.data.tags[KIND_TAG] == "study"]
+    assert parent.info.status == "FINISHED"  # left RUNNING by the kill, closed by the rerun
     assert len(trials) == 2 and len({r.data.tags["blueberry.trial_id"] for r in trials}) == 2
     assert all(r.info.status in ("FINISHED", "KILLED") for r in trials)
 

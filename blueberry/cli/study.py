@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
+from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, positive_float, positive_int,
+                                  run_command, seed)
 from blueberry.core.config import TrainConfig
 from blueberry.models.registry import preset, preset_names
 from blueberry.models.run import RunConfig
@@ -114,14 +115,15 @@ class Study:
                             help="budget per trial, in the task's units (tokens for the language model)")
         parser.add_argument("--batch-size", type=positive_int, help="samples (sequences) per step for every trial")
         parser.add_argument("--trials", type=positive_int, help="number of trials")
-        parser.add_argument("--name", help="the resume key (default: the study, preset and the settings' key)")
+        parser.add_argument("--name", type=non_empty,
+                            help="the resume key (default: the study, preset and the settings' key)")
         parser.add_argument("--storage", help="Ray storage path or URI (shared across nodes on multi-node clusters)")
         parser.add_argument("--tracking-uri",
                             help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-        parser.add_argument("--gpus-per-trial", type=float, help="default: 1 on a GPU cluster, else 0")
+        parser.add_argument("--gpus-per-trial", type=non_negative_float, help="default: 1 on a GPU cluster, else 0")
         parser.add_argument("--cpus-per-trial", type=positive_float, help="default: CPUs per GPU, or 1 without GPUs")
         parser.add_argument("--max-concurrent", type=positive_int, help="default: as many trials as the cluster holds")
-        parser.add_argument("--seed", type=int, default=0, help="seeds the search (TPE)")
+        parser.add_argument("--seed", type=seed, default=0, help="seeds the search (TPE) (default: 0)")
         parser.add_argument("--scale", choices=("smoke", "cpu", "gpu"),
                             help="size the runs for a smoke test, CPUs or GPUs (default: gpu when the cluster has "
                                  "GPUs, else cpu)")

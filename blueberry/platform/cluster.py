@@ -7,6 +7,7 @@ building configs or printing a flag error should not wait for it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 from blueberry.core.checkpoint import load_checkpoint, save_checkpoint
 from blueberry.core.state import TrainState
+from blueberry.errors import UserError
+from blueberry.files import ExclusiveLock, confined
 
 RAY_STATE_FILE = "state.pt"  # the state's file inside a Ray (Tune or Train) checkpoint directory
 
@@ -40,7 +43,34 @@ def storage_path(storage: str | None) -> str:
     """Ray's storage: a URI as given, a local path made absolute, or ~/ray_results by default."""
     if storage and "://" in storage:
         return storage
-    return str(Path(storage or "~/ray_results").expanduser().resolve())
+    path = Path(storage or "~/ray_results").expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--storage {storage} is a file: pass a directory (or a URI such as s3://bucket/path)")
+    return str(path)
+
+
+def driver_lock(storage: str, name: str, what: str) -> ExclusiveLock:
+    """The lock that lets one driver at a time run `name` (a study, a distributed run) in `storage`.
+
+    With local (or shared-filesystem) storage it sits beside the results, so it also excludes drivers
+    on other machines that mount the same directory; with a URI (s3://...) it is per machine, under
+    ~/.cache/blueberry/locks."""
+    if "://" in storage:
+        digest = hashlib.sha256(f"{storage.rstrip('/')}/{name}".encode()).hexdigest()[:16]
+        return ExclusiveLock(Path.home() / ".cache" / "blueberry" / "locks" / f"{digest}.lock", what)
+    target = confined(storage, name, "--name")
+    return ExclusiveLock(target.with_name(f".{target.name}.lock"), what)
+
+
+def check_resources(cpus: float, gpus: float, what: str) -> None:
+    """Refuse, before anything is scheduled, work the cluster can never place (Ray would wait forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    have_cpus, have_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if cpus > have_cpus or gpus > have_gpus:
+        raise UserError(f"{what} needs {cpus:g} CPU and {gpus:g} GPU but the cluster has {have_cpus:g} CPU and "
+                        f"{have_gpus:g} GPU: ask for less, or add nodes")
 
 
 @contextmanager

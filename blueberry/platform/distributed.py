@@ -30,7 +30,8 @@ from blueberry.core.parallel import DataParallel
 from blueberry.core.state import TrainState
 from blueberry.errors import UserError
 from blueberry.models.run import RunConfig
-from blueberry.platform.cluster import connect, ray_checkpoint, restore_ray_checkpoint, storage_path
+from blueberry.platform.cluster import (check_resources, connect, driver_lock, ray_checkpoint,
+                                        restore_ray_checkpoint, storage_path)
 from blueberry.platform.tracking import MlflowTracker, absolute_uri, tracking_uri
 
 RUN_TAG = "blueberry.distributed_run"
@@ -122,15 +123,19 @@ def run_distributed(run: RunConfig, data: Any, cfg: DistributedConfig) -> Any:
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchTrainer
 
-    connect()
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
-    cfg = dataclasses.replace(cfg, tracking_uri=absolute_uri(tracking_uri(cfg.tracking_uri)))
     storage = storage_path(cfg.storage)
-    trainer = TorchTrainer(
-        train_worker, train_loop_config={"run": run, "cfg": cfg, "data": data},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=TrainRunConfig(name=cfg.name, storage_path=storage,
-                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    return trainer.fit()
+    with driver_lock(storage, cfg.name, f"distributed run {cfg.name!r}"):
+        connect()
+        use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+        # Ray Train would wait for workers it can never place, retrying forever.
+        check_resources(cfg.workers * cfg.cpus_per_worker, cfg.workers if use_gpu else 0,
+                        f"--workers {cfg.workers} x {cfg.cpus_per_worker:g} CPU" + (" + 1 GPU" if use_gpu else ""))
+        cfg = dataclasses.replace(cfg, tracking_uri=absolute_uri(tracking_uri(cfg.tracking_uri)))
+        trainer = TorchTrainer(
+            train_worker, train_loop_config={"run": run, "cfg": cfg, "data": data},
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={
+                "CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            run_config=TrainRunConfig(name=cfg.name, storage_path=storage,
+                                      failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                      checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        return trainer.fit()

@@ -39,12 +39,14 @@ from blueberry.core.loop import train
 from blueberry.core.state import TrainState
 from blueberry.errors import UserError
 from blueberry.models.run import RunConfig
-from blueberry.platform.cluster import connect, ray_checkpoint, restore_ray_checkpoint, storage_path
+from blueberry.platform.cluster import (connect, driver_lock, ray_checkpoint, restore_ray_checkpoint,
+                                        storage_path)
 from blueberry.platform.data import data_key, open_shared
 from blueberry.platform.report import close_trial_runs, write_summary
 from blueberry.platform.search import apply_params, flat_overrides
-from blueberry.platform.tracking import (CONFIG_TAG, KIND_TAG, STUDY_TAG, TRIAL_TAG, MlflowTracker, absolute_uri,
-                                         client, ensure_experiment, find_run, tracking_uri)
+from blueberry.platform.tracking import (CONFIG_TAG, KIND_TAG, STUDY_TAG, TRIAL_TAG, MlflowTracker, aborted_status,
+                                         absolute_uri, client, close_open_runs, ensure_experiment, find_run,
+                                         tracking_uri)
 
 DIVERGED_LOSS = 100.0  # what a diverged trial reports: far worse than any real loss, but finite for TPE
 
@@ -245,22 +247,55 @@ class SweepResult:
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
+    """Run (or continue) the study `cfg` names. One driver at a time: a second is refused in one
+    line. Everything a mistake can break (the tracking store, storage, the cluster's resources, the
+    data) is checked before the parent run exists; once it does, the driver closes it whatever
+    happens: FINISHED, KILLED (interrupted) or FAILED, with the trial runs it left open."""
+    storage = storage_path(cfg.storage)
+    with driver_lock(storage, cfg.name, f"study {cfg.name!r}"):
+        uri = absolute_uri(tracking_uri(cfg.tracking_uri))
+        mlflow_client = client(uri)
+        experiment_id = ensure_experiment(mlflow_client, cfg.experiment)
+        # Trials checkpoint at every evaluation by design (that is what lets them resume); the warning
+        # Tune prints when experiment snapshots follow each other closely is noise for short trials.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # Ctrl-C raises in the driver instead of Tune's handler returning partial results as if the
+        # study had ended; Tune's saved state (written after every trial event) is what a rerun resumes.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        connect()
+        resources, concurrent = cluster_resources(cfg)
+        data = _trial_data(cfg)
+        path = f"{storage.rstrip('/')}/{cfg.name}"
+        restoring = _can_restore(path)
+        parent_run_id = _parent_run(mlflow_client, experiment_id, cfg, must_exist=restoring, storage=path, uri=uri)
+        try:
+            rows, best = _run_trials(cfg, data, resources, concurrent, storage, path, restoring, parent_run_id,
+                                     uri, mlflow_client, experiment_id)
+        except BaseException as error:
+            status = aborted_status(error)
+            close_open_runs(mlflow_client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "trial"}, status)
+            mlflow_client.set_terminated(parent_run_id, status=status)
+            raise
+        mlflow_client.set_terminated(parent_run_id, status="FINISHED")
+    return SweepResult(experiment_id, parent_run_id, rows, best, path, uri)
+
+
+def _can_restore(path: str) -> bool:
     from ray import tune
 
-    uri = absolute_uri(tracking_uri(cfg.tracking_uri))
-    mlflow_client = client(uri)
-    experiment_id = ensure_experiment(mlflow_client, cfg.experiment)
-    # Trials checkpoint at every evaluation by design (that is what lets them resume); the warning
-    # Tune prints when experiment snapshots follow each other closely is noise for short trials.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    connect()
-    resources, concurrent = cluster_resources(cfg)
+    try:
+        return tune.Tuner.can_restore(path)
+    except OSError as err:  # an unreachable or unreadable storage URI
+        raise UserError(f"cannot read Ray storage {path}: {err}") from None
+
+
+def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concurrent: int, storage: str, path: str,
+                restoring: bool, parent_run_id: str, uri: str, mlflow_client: Any, experiment_id: str
+                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Tune's part of a study, then its summary: (one row per trial, the best)."""
+    from ray import tune
+
     base = _study_base(cfg)
-    storage = storage_path(cfg.storage)
-    path = f"{storage.rstrip('/')}/{cfg.name}"
-    restoring = tune.Tuner.can_restore(path)
-    parent_run_id = _parent_run(mlflow_client, experiment_id, cfg, must_exist=restoring, storage=path, uri=uri)
-    data = _trial_data(cfg)
     context = TrialContext(base=base, preset=cfg.preset, experiment=cfg.experiment, study=cfg.name,
                            parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])),
                            data_key=data_key(data))
@@ -279,8 +314,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     data_label = cfg.data if isinstance(cfg.data, str) else type(cfg.data).__name__
     best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
                          params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label})
-    mlflow_client.set_terminated(parent_run_id, status="FINISHED")
-    return SweepResult(experiment_id, parent_run_id, rows, best, path, uri)
+    return rows, best
 
 
 def _param_space(cfg: SweepConfig) -> dict[str, Any]:

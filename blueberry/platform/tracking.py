@@ -124,6 +124,18 @@ def find_run(mlflow_client: Any, experiment_id: str, tags: dict[str, str]) -> st
     return runs[0].info.run_id if runs else None
 
 
+def aborted_status(error: BaseException) -> str:
+    """The MLflow status of a run stopped by `error`: KILLED when interrupted (it resumes), else FAILED."""
+    return "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
+def close_open_runs(mlflow_client: Any, experiment_id: str, tags: dict[str, str], status: str) -> None:
+    """Give every RUNNING run carrying `tags` the final `status` (a driver closing what its trials left open)."""
+    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'RUNNING'"])
+    for run in mlflow_client.search_runs([experiment_id], filter_string=query, max_results=10_000):
+        mlflow_client.set_terminated(run.info.run_id, status=status)
+
+
 def absolute_uri(uri: str) -> str:
     """A relative `sqlite:///file.db` made absolute, so processes in other directories find the same file."""
     prefix = "sqlite:///"
@@ -232,8 +244,7 @@ class MlflowTracker(Hook):
     def on_abort(self, error: BaseException, state: TrainState) -> None:
         # Interrupted (Ctrl-C, SIGTERM) runs are KILLED and resume into the same run; anything else FAILED.
         if self.run_id is not None:
-            killed = isinstance(error, (KeyboardInterrupt, SystemExit))
-            self.client.set_terminated(self.run_id, status="KILLED" if killed else "FAILED")
+            self.client.set_terminated(self.run_id, status=aborted_status(error))
 
     def _draw_loss_curve(self, path: Path, state: TrainState) -> Path:
         """From the run's logged history, so a resumed run's curve includes what came before the resume."""
