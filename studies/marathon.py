@@ -16,6 +16,7 @@ import sys
 from blueberry.cli.common import positive_int
 from blueberry.cli.study import Scales, Study, StudyScale
 from blueberry.platform.data import data_key, open_shared
+from blueberry.platform.cluster import storage_path
 from blueberry.platform.distributed import DistributedConfig, run_distributed
 
 MILESTONES = (8_011_776, 20_004_864, 100_007_936, 1_000_000_000)
@@ -40,6 +41,7 @@ class Marathon(Study):
 
     def run(self, args, scale) -> str:
         preset_name, run = self.base(args, scale)
+        storage_path(args.storage)  # a bad --storage answers before Ray starts and the data is shared
         data = open_shared(run.task(), args.data)
         workers = args.workers
         cfg = DistributedConfig(
