@@ -5,13 +5,15 @@ from the previous good checkpoint must end exactly as that run does.
 """
 
 import logging
+import os
+import signal
 
 import pytest
 import torch
 from interrupts import Interrupt, InterruptAt
 
-from blueberry.core.checkpoint import (Checkpointer, checkpoint_path, checksum_path, load_weights, read_checkpoint,
-                                       verify_checksum)
+from blueberry.core.checkpoint import (Checkpointer, StopOnSignal, checkpoint_path, checksum_path, load_weights,
+                                       read_checkpoint, verify_checksum)
 from blueberry.core.config import replace
 from blueberry.core.hooks import Hook
 from blueberry.core.loop import train
@@ -136,3 +138,40 @@ def test_a_diverged_run_leaves_its_last_good_checkpoint_as_the_latest(tiny_model
     assert result.diverged and result.steps < 12
     # Before: the diverged state was saved at the end, and every rerun resumed into it.
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-00000004.pt", "step-00000008.pt"]
+
+
+class SignalAt(Hook):
+    """Sends this process `signum` after step `step`, as Ctrl-C or a scheduler's SIGTERM would mid-run."""
+
+    def __init__(self, step, signum):
+        self.step, self.signum = step, signum
+
+    def on_step(self, info, state):
+        if info.step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_step_under_way_and_the_rerun_ends_as_an_uninterrupted_run(
+        signum, tiny_model, builtin_data, quick_train, tmp_path):
+    cfg = replace(quick_train, checkpoint_every=0)  # no periodic checkpoints: only the signal's
+    checkpointer = Checkpointer(tmp_path, every=0)
+    previous = signal.getsignal(signum)
+    with pytest.raises(KeyboardInterrupt):
+        train(LMTask(tiny_model), cfg, builtin_data, [checkpointer, SignalAt(7, signum), StopOnSignal(checkpointer)])
+    assert signal.getsignal(signum) is previous  # handlers restored
+    assert [p.name for p in tmp_path.glob("step-*.pt")] == ["step-00000007.pt"]
+    resumed = Checkpointer(tmp_path)
+    result = train(LMTask(tiny_model), cfg, builtin_data, [resumed])
+    reference = train(LMTask(tiny_model), cfg, builtin_data)
+    assert resumed.resumed_from.name == "step-00000007.pt"
+    assert (result.train_loss, result.val.loss) == (reference.train_loss, reference.val.loss)
+
+
+def test_a_time_cadence_saves_when_the_interval_has_passed(tiny_model, builtin_data, quick_train, tmp_path):
+    never = Checkpointer(tmp_path / "never", every=1, every_s=3600)
+    train(LMTask(tiny_model), quick_train, builtin_data, [never])
+    assert [p.name for p in (tmp_path / "never").glob("step-*.pt")] == ["step-00000012.pt"]  # the end only
+    always = Checkpointer(tmp_path / "always", every=1, every_s=0, keep=100)
+    train(LMTask(tiny_model), quick_train, builtin_data, [always])
+    assert len(list((tmp_path / "always").glob("step-*.pt"))) == 12

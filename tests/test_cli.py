@@ -110,10 +110,13 @@ def test_one_run_at_a_time_and_an_interrupted_run_resumes_into_one_mlflow_run(bu
                                                                                 capsys):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # No --checkpoint-every: the default time cadence (10 minutes) saves nothing in a run this short,
+    # so the resume below comes from the checkpoint Ctrl-C saves.
     args = ["--data", str(builtin_dir), "--train-tokens", "40960", "--batch-size", "4", "--eval-every", "10",
-            "--checkpoint-every", "15", "--tracking-uri", uri, "--run-name", "r1", "--no-progress"]
+            "--tracking-uri", uri, "--run-name", "r1", "--no-progress"]
     first = subprocess.Popen([sys.executable, "-m", "blueberry.cli.train", *args], cwd=tmp_path, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoints = tmp_path / "runs" / "r1" / "checkpoints"
     client = MlflowClient(uri)
 
     def logged_steps():
@@ -121,9 +124,7 @@ def test_one_run_at_a_time_and_an_interrupted_run_resumes_into_one_mlflow_run(bu
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         return [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] if runs else []
 
-    # Train losses are logged every 10 steps and checkpoints saved every 15: interrupted after step 20
-    # was logged, the run resumes from step 15 and trains steps 16-20 a second time.
-    wait_for(lambda: 20 in logged_steps(), process=first)
+    wait_for(lambda: 20 in logged_steps(), process=first)  # train losses are logged every 10 steps
 
     # A second process on the same run is refused in one line that names the holder.
     capsys.readouterr()
@@ -135,11 +136,12 @@ def test_one_run_at_a_time_and_an_interrupted_run_resumes_into_one_mlflow_run(bu
     assert first.returncode == 130 and "interrupted; run the same command again to continue" in err
     (run,) = client.search_runs([client.get_experiment_by_name("blueberry-train").experiment_id])
     assert run.info.status == "KILLED"  # before: left RUNNING
-    assert max(logged_steps()) < 40
+    (saved,) = checkpoints.glob("step-*.pt")  # saved on Ctrl-C, after the step under way
+    assert 20 <= int(saved.stem.split("-")[1]) < 40 and max(logged_steps()) < 40
 
     (tmp_path / "runs" / "r1" / "result.json").write_text("")  # as a kill mid-write would have left it
     assert run_train(*args) == 0
-    assert "resumed from" in capsys.readouterr().err
+    assert f"resumed from runs/r1/checkpoints/{saved.name}" in capsys.readouterr().err
     (run,) = client.search_runs([run.info.experiment_id])
     assert run.info.status == "FINISHED"
     assert sorted(logged_steps()) == [10, 20, 30, 40]  # every logged step once, none twice

@@ -52,25 +52,29 @@ class InterruptAt(Hook):
             raise Interrupt
 
 
-def test_resumed_run_logs_into_the_same_mlflow_run(tiny_model, builtin_data, quick_train, uri, tmp_path):
-    cfg = replace(quick_train, checkpoint_every=3)
+def test_resumed_run_logs_into_the_same_mlflow_run_and_no_step_twice(tiny_model, builtin_data, quick_train, uri,
+                                                                      tmp_path):
+    cfg = replace(quick_train, checkpoint_every=4)
     params = RunConfig(tiny_model, cfg).flatten()
 
     def tracker():
         return MlflowTracker("resume", "run-b", params=params, uri=uri, log_every=1,
                              run_id_file=tmp_path / "mlflow_run_id")
 
+    first = tracker()
     with pytest.raises(Interrupt):
-        train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), tracker(), InterruptAt()])
-    second = tracker()
-    train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=3), second])
-
+        train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=4), first, InterruptAt()])
     client = MlflowClient(uri)
+    assert client.get_run(first.run_id).info.status == "FAILED"  # closed by on_abort; before: left RUNNING
+    second = tracker()
+    train(LMTask(tiny_model), cfg, builtin_data, [Checkpointer(tmp_path / "ckpt", every=4), second])
+
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == second.run_id and runs[0].info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(second.run_id, "train/loss"))
-    # Steps 1-6 from the first attempt, 4-12 after resuming from the step-3 checkpoint: 4-6 twice, none missing.
-    assert set(steps) == set(range(1, 13))
+    # Steps 1-6 from the first attempt; the second resumes from the step-4 checkpoint and trains 5 and 6
+    # again, which are not logged a second time.
+    assert [m.step for m in client.get_metric_history(second.run_id, "train/loss")] == list(range(1, 13))
+    assert [m.step for m in client.get_metric_history(second.run_id, "val/loss")] == [6, 12]
 
 
 def test_unreachable_tracking_server_fails_fast_in_one_line():

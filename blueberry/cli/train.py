@@ -49,7 +49,8 @@ TRAIN_FLAGS: dict[str, dict] = {
     "seed": dict(type=seed),
     "device": dict(help="auto, cpu, cuda or cuda:N"),
     "precision": dict(choices=PRECISION_KINDS),
-    "checkpoint-every": dict(type=int, help="optimizer steps between checkpoints (0: only at the end)"),
+    "checkpoint-every": dict(type=int, help="optimizer steps between checkpoints (default: every "
+                                            "--checkpoint-minutes instead)"),
 }
 
 
@@ -63,6 +64,9 @@ def build_parser() -> ArgumentParser:
                         help="override a model field, e.g. --model n_layers=12 (repeatable)")
     for flag, options in TRAIN_FLAGS.items():
         parser.add_argument(f"--{flag}", **options)
+    parser.add_argument("--checkpoint-minutes", type=positive_float, default=10.0,
+                        help="without --checkpoint-every: minutes of training between checkpoints (default: 10). "
+                             "Ctrl-C or SIGTERM also saves one after the current step")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (untimed warm-up)")
     parser.add_argument("--run-name", help="the resume key (default: preset + hash of the settings)")
     parser.add_argument("--runs-dir", default="runs", type=Path, help="where runs keep checkpoints (default: runs)")
@@ -154,7 +158,7 @@ def main_body(argv: Sequence[str] | None) -> int:
 
 def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, run_dir: Path, uri: str | None) -> int:
     """Train (or continue) the run in `run_dir`, holding its lock; report a finished one instead."""
-    from blueberry.core.checkpoint import Checkpointer
+    from blueberry.core.checkpoint import Checkpointer, StopOnSignal
     from blueberry.core.hooks import Hooks
     from blueberry.core.loop import train
     from blueberry.core.progress import ProgressBar
@@ -168,13 +172,17 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
         print(json.dumps(finished, indent=2))
         return 0
 
-    checkpointer = Checkpointer(run_dir / "checkpoints", every=train_cfg.checkpoint_every)
+    if train_cfg.checkpoint_every > 0:
+        checkpointer = Checkpointer(run_dir / "checkpoints", every=train_cfg.checkpoint_every)
+    else:
+        checkpointer = Checkpointer(run_dir / "checkpoints", every=1, every_s=60 * args.checkpoint_minutes)
     tracker = NullTracker() if uri is None else MlflowTracker(
         args.experiment, name, params=run_params(run, args.preset, args.data), tags={"preset": args.preset,
                                                                                    "data": args.data},
         uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
         reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
-    hooks = Hooks([checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()]))
+    # StopOnSignal last: on Ctrl-C every other hook has seen the step it saves.
+    hooks = Hooks([checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()]) + [StopOnSignal(checkpointer)])
     result = train(run.task(), train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:
         print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)

@@ -23,6 +23,9 @@ import logging
 import os
 import pickle
 import re
+import signal
+import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +185,15 @@ class Checkpointer(Hook):
     when none is whole, the run stops with one line. The cadence is enforced where the hook is
     registered (`Hooks.add`)."""
 
-    def __init__(self, directory: str | Path, every: int = 0, keep: int = 2) -> None:
+    def __init__(self, directory: str | Path, every: int = 0, keep: int = 2, every_s: float | None = None) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (the checkpoint just written), got {keep}")
         self.directory, self.every, self.keep = Path(directory), every, keep
+        # Or a time cadence: register the hook with every=1 and it saves when `every_s` seconds have
+        # passed since the last save (a run's step time is not known before it starts).
+        self.every_s = every_s
+        self._last_save = time.monotonic()
+        self._saved_step: int | None = None
         self.resumed_from: Path | None = None
         self.set_aside: list[Path] = []  # damaged checkpoints found on start, renamed *.damaged
 
@@ -204,15 +212,22 @@ class Checkpointer(Hook):
                               "run the same command again to start this run over from step 0")
 
     def on_step(self, info: StepInfo, state: TrainState) -> None:
-        if info.step < info.total_steps:  # the last step's state is saved by on_end, after the final evaluation
-            self._save(state)
+        if info.step >= info.total_steps:  # the last step's state is saved by on_end, after the final evaluation
+            return
+        if self.every_s is None or time.monotonic() - self._last_save >= self.every_s:
+            self.save(state)
 
     def on_end(self, result: RunResult, state: TrainState) -> None:
         # A diverged state is not worth resuming: the checkpoints before it are what a rerun needs.
         if not result.diverged:
-            self._save(state)
+            self.save(state)
 
-    def _save(self, state: TrainState) -> None:
+    def save(self, state: TrainState) -> None:
+        """Save `state` now (between steps: a state mid-step is not one to resume) and rotate."""
+        self._last_save = time.monotonic()
+        if self._saved_step == state.step:
+            return
+        self._saved_step = state.step
         save_checkpoint(checkpoint_path(self.directory, state.step), state)
         for old in checkpoints(self.directory)[self.keep:]:
             old.unlink()
@@ -226,3 +241,44 @@ def _set_aside(path: Path) -> Path:
         os.replace(checksum_path(path), checksum_path(target))
     os.replace(path, target)
     return target
+
+
+class StopOnSignal(Hook):
+    """Ctrl-C (SIGINT) or SIGTERM during training finishes the step under way, saves a checkpoint
+    and stops the run with `KeyboardInterrupt`, so the next attempt resumes from that very step; a
+    second signal stops at once. Outside the steps (start-up, the final evaluation) signals act as
+    before. It handles signals only in the main thread (where Python delivers them)."""
+
+    every = 1
+
+    def __init__(self, checkpointer: Checkpointer, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        self.checkpointer, self.signals = checkpointer, signals
+        self.requested: int | None = None  # the signal received, until the step ends
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: object) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+        log.warning("stopping after this step, once its checkpoint is saved (signal again to stop at once)")
+
+    def on_start(self, state: TrainState) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._request) for sig in self.signals}
+
+    def on_step(self, info: StepInfo, state: TrainState) -> None:
+        if self.requested is not None:
+            self._restore()
+            self.checkpointer.save(state)
+            raise KeyboardInterrupt
+
+    def on_end(self, result: RunResult, state: TrainState) -> None:
+        self._restore()
+
+    def on_abort(self, error: BaseException, state: TrainState) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
