@@ -182,7 +182,8 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
         uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
         reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
     # StopOnSignal last: on Ctrl-C every other hook has seen the step it saves.
-    hooks = Hooks([checkpointer, tracker] + ([] if args.no_progress else [ProgressBar()]) + [StopOnSignal(checkpointer)])
+    progress = [] if args.no_progress else [ProgressBar()]
+    hooks = Hooks([checkpointer, tracker, *progress, StopOnSignal(checkpointer)])
     result = train(run.task(), train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:
         print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)

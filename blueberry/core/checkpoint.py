@@ -128,8 +128,8 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu", required: tu
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise DamagedFile(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                          ) from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedFile(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(payload, dict):
         raise DamagedFile(f"checkpoint {path} holds a {type(payload).__name__}, not a Blueberry checkpoint")
     missing = [key for key in required if key not in payload]
