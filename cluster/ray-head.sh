@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
-# Start (or stop) a single-machine Ray head for Blueberry: everything on loopback, token auth on.
+# Start (or stop) a single-machine Ray head for Blueberry: token auth on, dashboard on loopback,
+# every other port in one pinned range.
 #
 #   cluster/ray-head.sh start      # prints the address and how to submit a job
-#   cluster/ray-head.sh stop
+#   cluster/ray-head.sh stop       # stops exactly the processes `start` started, and lists them
 #
-# Settings (environment): BLUEBERRY_RAY_DIR (token and state, default ~/.blueberry/ray),
-# RAY_PORT (GCS, default 6379; Ray's other services take RAY_PORT+1 .. RAY_PORT+7 and worker ports
-# RAY_PORT+100 .. RAY_PORT+199, so one firewall rule covers them), RAY_DASHBOARD_PORT (dashboard and
-# job API, default 8265), RAY_BIND (dashboard bind address, default 127.0.0.1), RAY_NUM_CPUS.
+# Settings (environment):
+#   BLUEBERRY_RAY_DIR   token and state, default ~/.blueberry/ray (kept 700)
+#   RAY_PORT            GCS port, default 6379; the head's other ports follow it (below)
+#   RAY_DASHBOARD_PORT  dashboard and job API, default 8265, on RAY_BIND
+#   RAY_BIND            dashboard bind address, default 127.0.0.1
+#   RAY_TMPDIR          a private directory for Ray's sessions, default /tmp/blueberry-ray-UID-HASH;
+#                       created 700, refused if world-writable or owned by another user
+#   RAY_NUM_CPUS        CPUs to offer, default all
 #
-# What listens where: the dashboard and job API bind RAY_BIND (loopback). Ray 2.60 binds its core
-# gRPC services (GCS, raylet, object manager, agents) to every interface and has no flag to change
-# that; token authentication guards them (a client without the token is refused), and
-# docs/cluster.md gives the firewall rule that closes them to other machines.
+# Ports (P = RAY_PORT), all inside P .. P+199 so one firewall rule covers them; docs/cluster.md lists
+# which of them check the token. Ray 2.60 binds them to every interface (or the machine's address) and
+# has no flag to change that.
+#   P GCS   P+1 raylet   P+2 object manager   P+3 runtime-env agent   P+4 dashboard agent gRPC
+#   P+5 dashboard agent HTTP   P+6 metrics export   P+7 Ray Client server   P+8 dashboard metrics
+#   P+9 autoscaler metrics   P+100 .. P+199 workers
+#
+# `start` runs `ray start` in a session of its own and records every process of that session in
+# $BLUEBERRY_RAY_DIR/head.pids (`PID START_TICKS COMMAND` per line); `stop` signals those still running
+# (same PID and start time), the rest of their session and their descendants (cluster/procs.py), and
+# nothing else: not other Ray instances, not other users' processes.
 set -euo pipefail
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 state_dir="${BLUEBERRY_RAY_DIR:-$HOME/.blueberry/ray}"
 token_file="$state_dir/auth_token"
-# Ray's session directory, kept short (Unix socket paths are limited to 107 bytes) and private to this
-# head, so `stop` ends this head's processes and no other Ray on the machine.
+record="$state_dir/head.pids"
+# Kept short: Ray's Unix socket paths under it are limited to 107 bytes.
 temp_dir="${RAY_TMPDIR:-/tmp/blueberry-ray-$(id -u)-$(printf %s "$state_dir" | cksum | cut -c1-8)}"
 bind="${RAY_BIND:-127.0.0.1}"
 port="${RAY_PORT:-6379}"
 dashboard_port="${RAY_DASHBOARD_PORT:-8265}"
+
+refuse() { echo "ray-head.sh: $*" >&2; exit 2; }
 
 ensure_token() {
   mkdir -p "$state_dir"
@@ -33,20 +48,44 @@ ensure_token() {
   chmod 600 "$token_file"
 }
 
+# Ray keeps sockets, logs and the code of submitted jobs in its temp dir: whoever can write there can
+# swap what the head runs. Ray makes that directory world-writable (0777) on every start
+# (ray/_common/utils.py, try_make_directory_shared), so it goes inside $temp_dir, which we create 700,
+# or use only if it is ours and not world-writable (RAY_TMPDIR=/tmp is refused).
+ensure_private_temp_dir() {
+  mkdir -m 700 "$temp_dir" 2>/dev/null || true
+  local owner mode advice="remove it, or set RAY_TMPDIR to a private directory"
+  if [ -L "$temp_dir" ] || [ ! -d "$temp_dir" ] || ! read -r owner mode < <(stat -c '%u %a' "$temp_dir"); then
+    refuse "RAY_TMPDIR $temp_dir is not a directory (or is a symlink): $advice"
+  fi
+  [ "$owner" = "$(id -u)" ] || refuse "RAY_TMPDIR $temp_dir belongs to uid $owner, not to you ($(id -u)): $advice"
+  (( (8#$mode & 8#002) == 0 )) || refuse "RAY_TMPDIR $temp_dir is world-writable (mode $mode): $advice"
+}
+
 case "${1:-}" in
   start)
     ensure_token
+    ensure_private_temp_dir
+    if running="$(python3 "$here/procs.py" alive "$record")"; then
+      echo "Ray head already running (pids $running); stop it with: cluster/ray-head.sh stop"; exit 0
+    fi
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$token_file"
-    ray start --head --port="$port" --node-manager-port=$((port + 1)) --object-manager-port=$((port + 2)) \
+    # Ray reads these two from the environment only; unset, they are 44227 and 44217 on every interface.
+    export DASHBOARD_METRIC_PORT=$((port + 8)) AUTOSCALER_METRIC_PORT=$((port + 9))
+    python3 "$here/procs.py" run "$record" -- \
+      ray start --head --port="$port" --node-manager-port=$((port + 1)) --object-manager-port=$((port + 2)) \
       --runtime-env-agent-port=$((port + 3)) --dashboard-agent-grpc-port=$((port + 4)) \
       --dashboard-agent-listen-port=$((port + 5)) --metrics-export-port=$((port + 6)) \
       --ray-client-server-port=$((port + 7)) --min-worker-port=$((port + 100)) --max-worker-port=$((port + 199)) \
-      --dashboard-host="$bind" --dashboard-port="$dashboard_port" --disable-usage-stats --temp-dir="$temp_dir" \
+      --dashboard-host="$bind" --dashboard-port="$dashboard_port" --disable-usage-stats --temp-dir="$temp_dir/ray" \
       ${RAY_NUM_CPUS:+--num-cpus="$RAY_NUM_CPUS"} > "$state_dir/start.log" 2>&1 || {
-        cat "$state_dir/start.log" >&2; exit 1; }
+        cat "$state_dir/start.log" >&2
+        python3 "$here/procs.py" stop "$record" "What the failed start left" --last gcs_server >&2
+        exit 1; }
     cat <<TXT
-Ray head running: dashboard and job API on http://$bind:$dashboard_port, token auth on for every service
-(Ray's own ports $port-$((port + 199)) listen on all interfaces: firewall them, see docs/cluster.md).
+Ray head running: dashboard and job API on http://$bind:$dashboard_port, token auth on.
+Ray's other ports, $port-$((port + 199)), listen on every interface and its metrics ports need no token:
+firewall that range (docs/cluster.md, "Security model").
 The token is in $token_file (owner-only). To submit from this machine:
 
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$token_file RAY_ADDRESS=http://$bind:$dashboard_port
@@ -56,10 +95,9 @@ Stop it with: cluster/ray-head.sh stop
 TXT
     ;;
   stop)
-    pkill -TERM -f -- "$temp_dir" 2>/dev/null || true
-    for _ in $(seq 1 40); do pgrep -f -- "$temp_dir" > /dev/null || break; sleep 0.25; done
-    pkill -KILL -f -- "$temp_dir" 2>/dev/null || true
-    echo "Ray head stopped."
+    # GCS last, as `ray stop` does: the autoscaler, sent SIGTERM, reports to the GCS before exiting
+    # and hangs until SIGKILL if the GCS is already gone.
+    python3 "$here/procs.py" stop "$record" "Ray head" --last gcs_server
     ;;
   *)
     echo "usage: $0 start|stop" >&2
