@@ -15,19 +15,18 @@ from blueberry.cli.scale import CHINCHILLA
 from blueberry.errors import UserError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import Blueberry, count_params
+from blueberry.scaling.datasets import NAMED
 from blueberry.scaling.fit import (ScalingPoints, _lbfgs, bootstrap_law, fit_isoflop, fit_law, huber_objective,
                                    reference_grid)
 from blueberry.scaling.hparams import Trial, fit_hparam_laws
 from blueberry.scaling.law import Law
 from blueberry.scaling.plan import Target, architecture_for, make_plan
 
-CHINCHILLA_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_svg_extracted.csv"
+CHINCHILLA_CSV = NAMED["chinchilla"].path  # shipped with the package: this reference never goes missing
 
 
 @pytest.fixture(scope="module")
 def chinchilla_points():
-    if not CHINCHILLA_CSV.is_file():
-        pytest.skip(f"reference data {CHINCHILLA_CSV} not present")
     rows = list(csv.DictReader(open(CHINCHILLA_CSV)))
     return ScalingPoints.from_compute([float(r["Model Size"]) for r in rows], [float(r["Training FLOP"]) for r in rows],
                                       [float(r["loss"]) for r in rows]).exclude_top(5)
@@ -195,9 +194,22 @@ def test_cli_plan_chinchilla_headline(capsys):
     assert "505,561 H100-hours" in out and "of the compute" in out
 
 
+def test_the_shipped_chinchilla_runs_are_named_on_the_command_line(tmp_path, capsys):
+    # `--csv chinchilla` finds the packaged file and its columns without --params-col / --flops-col.
+    law_file = tmp_path / "law.json"
+    assert scale_cli.main(["fit", "--csv", "chinchilla", "--exclude-top", "5", "--bootstrap", "0",
+                           "--json", str(law_file)]) == 0
+    law = json.loads(law_file.read_text())
+    for name, (published, se) in CHINCHILLA.items():
+        assert abs(law[name]["estimate"] - published) < se, name
+    assert "chinchilla (Hoffmann et al. (2022) runs" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "--csv", "/nonexistent.csv"], "does not exist"),
-    (["fit"], "give --csv FILE or --experiment NAME"),
+    (["fit"], "give the runs to fit: --csv FILE (or --csv chinchilla) or --experiment NAME"),
+    # Before: "give --csv FILE or --experiment NAME", never naming --law, which every example uses.
+    (["plan", "--params", "8e9", "--gpu", "h100", "--mfu", "0.4"], "plan needs a law: --law chinchilla"),
     (["plan", "--law", "chinchilla", "--params", "8e9", "--gpu", "tpu"], "unknown GPU"),
     (["plan", "--law", "chinchilla", "--params", "8e9", "--mfu", "1.5"], "--mfu must be in (0, 1]"),
     (["plan", "--law", "chinchilla", "--flops", "1e24", "--tokens", "1e12"], "--tokens needs --params"),

@@ -1,6 +1,6 @@
 """Scaling-law fit speed: Blueberry's fit and bootstrap against the plain SciPy recipe, in one run.
 
-    python -m blueberry.bench.scaling_fit --csv ../shared/data/chinchilla_svg_extracted.csv
+    python -m blueberry.bench.scaling_fit --csv blueberry/scaling/data/chinchilla.csv
 
 The baseline is the published recipe done the straightforward way: `scipy.optimize.minimize`
 (L-BFGS-B, numeric gradients, default tolerances) from every point of the 4,500-point grid.

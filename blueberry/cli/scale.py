@@ -35,7 +35,8 @@ CHINCHILLA = {"E": (1.8172, 0.03), "A": (482.01, 124.58), "B": (2085.43, 1293.23
 
 def add_source_flags(parser: ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--csv", type=Path, help="finished runs as a CSV file")
+    source.add_argument("--csv", help="finished runs as a CSV file, or 'chinchilla' for the Chinchilla paper's runs "
+                                      "(shipped with Blueberry)")
     source.add_argument("--experiment", help="an MLflow experiment of finished runs")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
 
@@ -89,19 +90,40 @@ def build_parser() -> ArgumentParser:
 
 
 def _rows(args):
+    from blueberry.scaling.datasets import named
     from blueberry.scaling.runs import read_csv, read_mlflow
 
+    if dataset := named(args.csv):
+        return read_csv(dataset.path), f"{args.csv} ({dataset.description})", False
     if args.csv:
         return read_csv(args.csv), str(args.csv), False
     if args.experiment:
         return read_mlflow(args.experiment, args.tracking_uri), f"experiment {args.experiment!r}", True
-    raise UserError("give --csv FILE or --experiment NAME")
+    if args.command == "plan":
+        raise UserError("plan needs a law: --law chinchilla (Epoch AI's published fit), --law FILE (from "
+                        "`blueberry-scale fit --json FILE`), or --csv FILE / --experiment NAME to fit one now")
+    raise UserError("give the runs to fit: --csv FILE (or --csv chinchilla) or --experiment NAME")
+
+
+def _named_columns(args) -> None:
+    """A shipped dataset's columns, where the flags left them at their defaults."""
+    from blueberry.scaling.datasets import named
+
+    dataset = named(args.csv)
+    if dataset is None:
+        return
+    if args.params_col == "N":
+        args.params_col = dataset.params_col
+    if getattr(args, "flops_col", None) is None and getattr(args, "tokens_col", None) is None:
+        args.flops_col, args.tokens_col = dataset.flops_col, dataset.tokens_col
+    args.loss_col = args.loss_col or dataset.loss_col
 
 
 def load_points(args):
     from blueberry.scaling.fit import ScalingPoints
     from blueberry.scaling.runs import column
 
+    _named_columns(args)
     rows, source, from_mlflow = _rows(args)
     N = column(rows, args.params_col, source)
     loss = column(rows, args.loss_col or ("final/val_loss" if from_mlflow else "loss"), source)
