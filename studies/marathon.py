@@ -41,7 +41,8 @@ class Marathon(Study):
 
     def run(self, args, scale) -> str:
         preset_name, run = self.base(args, scale)
-        storage_path(args.storage)  # a bad --storage answers before Ray starts and the data is shared
+        storage = self.storage(args)
+        storage_path(storage)  # a bad --storage answers before Ray starts and the data is shared
         data = open_shared(run.task(), args.data)
         workers = args.workers
         cfg = DistributedConfig(
@@ -49,7 +50,7 @@ class Marathon(Study):
             workers=workers,
             cpus_per_worker=args.cpus_per_trial or 1.0,
             checkpoint_every=args.checkpoint_every or (5 if scale.name == "smoke" else 200),
-            max_failures=args.max_failures, storage=args.storage, tracking_uri=args.tracking_uri, preset=preset_name,
+            max_failures=args.max_failures, storage=storage, tracking_uri=args.tracking_uri, preset=preset_name,
             use_gpu=None if args.gpus_per_trial is None else args.gpus_per_trial > 0)
         result = run_distributed(run, data, cfg)
         m = result.metrics

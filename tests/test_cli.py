@@ -204,6 +204,7 @@ cfg = study.sweep_config(args, study.scale(args))
 trial = optuna.create_study().ask()
 cfg.space(trial)
 print(json.dumps({"name": cfg.name, "tokens": cfg.base.train.train_tokens, "trials": cfg.trials,
+                  "storage": cfg.storage,
                   "baseline": cfg.baseline, "space": {k: [d.low, d.high] for k, d in trial.distributions.items()},
                   "heavy": sorted({m.split(".")[0] for m in sys.modules} & {"ray", "mlflow"})}))
 """
@@ -222,6 +223,7 @@ def test_a_study_declares_its_question_and_builds_its_config_without_ray(tmp_pat
     assert depth["heavy"] == []  # neither Ray nor MLflow was even imported
     assert depth["space"] == {"model.n_layers": [1, 8]}  # twice the tiny preset's 4 layers: built from the base
     assert depth["baseline"] == {"model.n_layers": 4} and depth["tokens"] == 409_600 and depth["trials"] == 8
+    assert depth["storage"] == str(tmp_path / "ray_results")  # beside the SQLite tracking file, not ~/ray_results
     smoke = study_config(tmp_path, "depth_sweep.py", "DepthSweep", "--smoke")
     assert smoke["tokens"] == 40_960 and smoke["name"] != depth["name"]
     # The name is the study's identity: the same settings give the same name (so it resumes), others another.

@@ -28,6 +28,7 @@ import sys
 from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, positive_float, positive_int,
@@ -117,7 +118,8 @@ class Study:
         parser.add_argument("--trials", type=positive_int, help="number of trials")
         parser.add_argument("--name", type=non_empty,
                             help="the resume key (default: the study, preset and the settings' key)")
-        parser.add_argument("--storage", help="Ray storage path or URI (shared across nodes on multi-node clusters)")
+        parser.add_argument("--storage", help="Ray storage path or URI, shared by every node (default: ray_results "
+                                              "beside the SQLite tracking file, else ~/ray_results)")
         parser.add_argument("--tracking-uri",
                             help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
         parser.add_argument("--gpus-per-trial", type=non_negative_float, help="default: 1 on a GPU cluster, else 0")
@@ -154,6 +156,15 @@ class Study:
         """`experiment-preset-key`: the same study of the same settings has the same name, so it resumes."""
         return f"{self.experiment}-{preset_name}-{base.key(**settings)}"
 
+    def storage(self, args: Namespace) -> str | None:
+        """`--storage`, else a `ray_results` directory beside a SQLite tracking file, so a study's Ray
+        results sit next to its records; else None (Ray's ~/ray_results)."""
+        if args.storage:
+            return args.storage
+        uri = absolute_uri(tracking_uri(args.tracking_uri))
+        prefix = "sqlite:///"
+        return str(Path(uri[len(prefix):]).parent / "ray_results") if uri.startswith(prefix) else None
+
     def sweep_config(self, args: Namespace, scale: StudyScale) -> SweepConfig:
         """The `SweepConfig` the flags describe at `scale`. Starts nothing."""
         # The sweep machinery (the pipelines, the study report's matplotlib) loads only once a study
@@ -171,7 +182,7 @@ class Study:
             experiment=self.experiment, name=args.name or self.default_name(preset_name, base, settings),
             preset=preset_name, base=base, grid=grid,
             space=None if self.space is None else functools.partial(self.space, base=base),
-            baseline=self.baseline(base), metric=self.metric, trials=trials, data=args.data, storage=args.storage,
+            baseline=self.baseline(base), metric=self.metric, trials=trials, data=args.data, storage=self.storage(args),
             tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_concurrent_trials=args.max_concurrent, evals_per_trial=self.evals_per_trial, seed=args.seed)
 
