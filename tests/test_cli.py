@@ -1,5 +1,6 @@
 """The commands: a real run end to end, idempotent re-runs, and one-line errors with exit status 2."""
 
+import argparse
 import json
 import shutil
 import signal
@@ -232,3 +233,23 @@ def test_a_study_declares_its_question_and_builds_its_config_without_ray(tmp_pat
     lr = study_config(tmp_path, "lr_sweep.py", "LrSweep", "--smoke", "--trials", "3")
     assert lr["baseline"] == {"train.muon_lr": 0.024, "train.adamw_lr": 0.006} and lr["trials"] == 3
     assert lr["name"].startswith("lr_sweep-tiny-")
+
+
+def test_help_says_every_default():
+    import runpy
+
+    study = runpy.run_path(str(REPO / "studies" / "lr_sweep.py"))["LrSweep"]()
+    parsers = [train_cli.build_parser(), study.parser()]
+    for cli in (data_cli, scale_cli):
+        top = cli.build_parser()
+        parsers += [p for a in top._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+    missing = []
+    for parser in parsers:
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            default = action.default
+            has_default = not (default is None or default is False or default is argparse.SUPPRESS or default == [])
+            train_field = parser.prog == "blueberry-train" and action.dest.replace("_", "-") in train_cli.TRAIN_FLAGS
+            if (has_default or train_field) and "default" not in formatter._get_help_string(action):
+                missing.append(f"{parser.prog} {action.option_strings}")
+    assert missing == []

@@ -15,8 +15,25 @@ from blueberry.errors import UserError
 USER_ERROR_EXIT = 2
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Says each flag's default in `--help`, unless its help already does or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        empty = default is None or default is False or (isinstance(default, (list, tuple)) and not default)
+        if ("default" in text or empty or default is argparse.SUPPRESS
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: {default})" if text else f"default: {default}"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (not usage + error) and exits 2."""
+    """argparse that reports a bad flag in one line (not usage + error) and exits 2, and says defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blueberry.cli.common import ArgumentParser, non_empty, positive_float, positive_int, run_command, seed
+from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, positive_float, positive_int,
+                                  run_command, seed)
 from blueberry.core.config import OPTIMIZER_KINDS, PRECISION_KINDS, SCHEDULE_KINDS, TrainConfig, replace
 from blueberry.core.events import RunResult
 from blueberry.core.hardware import resolve_device
@@ -38,17 +39,17 @@ TRAIN_FLAGS: dict[str, dict] = {
     "batch-size": dict(type=positive_int, help="sequences per micro-batch"),
     "grad-accum-steps": dict(type=positive_int, help="micro-batches per optimizer step"),
     "optimizer": dict(choices=OPTIMIZER_KINDS, help="muon (Muon + AdamW) or adamw (AdamW alone)"),
-    "muon-lr": dict(type=positive_float),
-    "adamw-lr": dict(type=positive_float),
-    "weight-decay": dict(type=float),
-    "schedule": dict(choices=SCHEDULE_KINDS),
-    "warmup-frac": dict(type=float),
+    "muon-lr": dict(type=positive_float, help="Muon's learning rate (the hidden weight matrices)"),
+    "adamw-lr": dict(type=positive_float, help="AdamW's learning rate (embeddings, head, norms)"),
+    "weight-decay": dict(type=non_negative_float, help="decoupled weight decay"),
+    "schedule": dict(choices=SCHEDULE_KINDS, help="learning-rate schedule"),
+    "warmup-frac": dict(type=float, help="fraction of the steps spent warming the learning rate up"),
     "eval-every": dict(type=int, help="optimizer steps between validations (0: only at the end)"),
     "eval-tokens": dict(type=positive_int, help="validation tokens per evaluation"),
     "target-train-loss": dict(type=positive_float, help="stop when the smoothed train loss reaches this"),
-    "seed": dict(type=seed),
+    "seed": dict(type=seed, help="seeds the weights and the data order"),
     "device": dict(help="auto, cpu, cuda or cuda:N"),
-    "precision": dict(choices=PRECISION_KINDS),
+    "precision": dict(choices=PRECISION_KINDS, help="auto: bf16 autocast on CUDA, fp32 elsewhere"),
     "checkpoint-every": dict(type=int, help="optimizer steps between checkpoints (default: every "
                                             "--checkpoint-minutes instead)"),
 }
@@ -62,8 +63,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seq-len", type=positive_int, help="override the preset's sequence length")
     parser.add_argument("--model", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a model field, e.g. --model n_layers=12 (repeatable)")
+    defaults = TrainConfig()
     for flag, options in TRAIN_FLAGS.items():
-        parser.add_argument(f"--{flag}", **options)
+        # The flag's own default stays None (TrainConfig's applies); its help says what that is.
+        default = getattr(defaults, flag.replace("-", "_"))
+        text = options.get("help", "")
+        help_text = text if "default" in text else f"{text} (default: {default})".lstrip()
+        parser.add_argument(f"--{flag}", **{**options, "help": help_text})
     parser.add_argument("--checkpoint-minutes", type=positive_float, default=10.0,
                         help="without --checkpoint-every: minutes of training between checkpoints (default: 10). "
                              "Ctrl-C or SIGTERM also saves one after the current step")
