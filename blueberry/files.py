@@ -21,27 +21,35 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from blueberry.errors import UserError
 
 
-def write_atomic(path: str | Path, content: str | bytes) -> Path:
-    """Write `content` to `path` so that a crash leaves the old file or the new one, never a part."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` whole when the block ends, or not at all if it raises."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = content.encode() if isinstance(content, str) else content
     try:
         with open(tmp, "wb") as out:
-            out.write(data)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
-    return path
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write `content` to `path` so that a crash leaves the old file or the new one, never a part."""
+    with atomic_file(path) as out:
+        out.write(content.encode() if isinstance(content, str) else content)
+    return Path(path)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -65,46 +65,33 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _number(text: str, parse: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> float:
+    """`text` parsed and checked, or argparse's one-line error saying what was expected."""
+    try:
+        value = parse(text)
+    except ValueError:
+        value = math.nan
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts; accepts 500000 and 5e5."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value.is_integer() or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(value)
+    return int(_number(text, float, lambda v: v > 0 and float(v).is_integer(), "a positive integer"))
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0 < v < math.inf, "a positive finite number")
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
 
 
 def seed(text: str) -> int:
     """argparse type for seeds: what numpy and torch both accept."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
-    return value
+    return int(_number(text, int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"))
 
 
 def non_empty(text: str) -> str:

@@ -37,7 +37,7 @@ from blueberry.core.events import RunResult, StepInfo
 from blueberry.core.hooks import Hook
 from blueberry.core.state import TrainState
 from blueberry.errors import DamagedFile, UserError
-from blueberry.files import fsync_directory, write_atomic
+from blueberry.files import atomic_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +86,9 @@ class _HashingWriter:
 def save_checkpoint(path: Path, state: TrainState) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            writer = _HashingWriter(out)
-            torch.save(state.state_dict(), writer)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
+    with atomic_file(path) as out:
+        writer = _HashingWriter(out)
+        torch.save(state.state_dict(), writer)
     write_atomic(checksum_path(path), f"{writer.sha.hexdigest()}  {path.name}\n")
     return path
 
