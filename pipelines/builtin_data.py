@@ -12,9 +12,10 @@ from pipelines.tokenizer import builtin_tokenizer
 
 def builtin_data_dir(seq_len: int, progress: bool = True) -> Path:
     """A prepared directory of the built-in corpus at `seq_len`, built on first use. The directory is
-    named by the preparation's key, so a new corpus, tokenizer or format gets a new directory."""
+    named by the preparation's key, so a new corpus, tokenizer or format gets a new directory. Two
+    processes starting cold at once do not race: the second waits for the first and uses its result."""
     cfg = PrepareConfig(source="builtin", tokenizer="builtin", seq_len=seq_len)
     key = preparation_key(cfg, BuiltinSource().key, builtin_tokenizer().sha256)
     out = cache_dir() / "data" / f"builtin-seq{seq_len}-{key[:12]}"
-    prepare(cfg, out, progress=progress)
+    prepare(cfg, out, progress=progress, wait=True)
     return out

@@ -54,6 +54,7 @@ class ShardWriter:
         rows = np.lib.stride_tricks.sliding_window_view(stream, self.seq_len + 1)[::self.seq_len][:n_rows]
         name = shard_name(self.split, len(self.shards))
         sha = write_shard(self.directory / name, rows)
-        self.shards.append(ShardInfo(name=name, sequences=n_rows, tokens=n_rows * self.seq_len, sha256=sha))
+        self.shards.append(ShardInfo(name=name, sequences=n_rows, tokens=n_rows * self.seq_len, sha256=sha,
+                                     max_token=int(rows.max())))
         rest = stream[n_rows * self.seq_len:]  # starts with the last row's final token: the overlap
         self._pending, self._pending_tokens = [rest], len(rest)

@@ -50,12 +50,27 @@ class BuiltinSource:
         return iter_builtin_documents()
 
 
+def _not_text(path: Path, err: UnicodeDecodeError) -> UserError:
+    return UserError(f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}; "
+                     "a binary file?): remove it from the source or convert it to UTF-8")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_text(path, err) from None
+    if "\x00" in text:  # valid UTF-8 can still be binary; no text document holds a NUL
+        raise UserError(f"{path} holds NUL bytes, so it is binary, not text: remove it from the source")
+    return text
+
+
 def _json_records(path: Path, text_field: str) -> Iterator[str]:
     """Texts of a .jsonl file (one object per line) or a .json file (a list of objects). A record
     without the field is an error naming the file and line: silently skipping would shrink the data."""
     if path.suffix == ".json":
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
             raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
         if not isinstance(records, list):
@@ -65,12 +80,15 @@ def _json_records(path: Path, text_field: str) -> Iterator[str]:
     else:
         def parse() -> Iterator[tuple[int, object]]:
             with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, start=1):
-                    if line.strip():
-                        try:
-                            yield number, json.loads(line)
-                        except json.JSONDecodeError as err:
-                            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                try:
+                    for number, line in enumerate(f, start=1):
+                        if line.strip():
+                            try:
+                                yield number, json.loads(line)
+                            except json.JSONDecodeError as err:
+                                raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                except UnicodeDecodeError as err:
+                    raise _not_text(path, err) from None
         numbered, where = parse(), "line"
     for number, record in numbered:
         text = record.get(text_field) if isinstance(record, dict) else None
@@ -81,12 +99,19 @@ def _json_records(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{path} is not a Parquet file ({str(err).splitlines()[0][:120]})") from None
     if text_field not in parquet.schema_arrow.names:
         raise UserError(f"{path} has no column {text_field!r} (columns: {', '.join(parquet.schema_arrow.names)}): "
                         "pass --text-field NAME")
+    column_type = parquet.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        raise UserError(f"{path} column {text_field!r} holds {column_type}, not text: pass --text-field NAME")
     for batch in parquet.iter_batches(columns=[text_field], batch_size=4096):
         for text in batch.column(0).to_pylist():
             if text is not None:
@@ -121,7 +146,7 @@ class LocalSource:
     def documents(self) -> Iterator[str]:
         for path in self.files():
             if path.suffix == ".txt":
-                yield path.read_text(encoding="utf-8")
+                yield _read_text(path)
             elif path.suffix == ".parquet":
                 yield from _parquet_texts(path, self.text_field)
             else:

@@ -9,6 +9,7 @@ its definition. Hub names load through `transformers.AutoTokenizer`, which honou
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +20,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from blueberry.data.format import TokenizerInfo
 from blueberry.errors import UserError
+from blueberry.files import write_atomic
 from pipelines.builtin import builtin_corpus_hash, iter_builtin_documents
 from pipelines.cache import cache_dir
 
@@ -65,12 +67,10 @@ def train_builtin_tokenizer() -> tokenizers.Tokenizer:
 def builtin_tokenizer() -> Tokenizer:
     """The built-in tokenizer, trained once per corpus and cached."""
     path = cache_dir() / "tokenizers" / f"builtin-{builtin_corpus_hash()[:16]}.json"
-    if not path.is_file():
+    if not path.is_file():  # two cold starts both train it (deterministically); each replaces it whole
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        train_builtin_tokenizer().save(str(tmp))
-        os.replace(tmp, path)
-    backend = tokenizers.Tokenizer.from_file(str(path))
+        write_atomic(path, train_builtin_tokenizer().to_str())
+    backend = _read_tokenizer_file(path)
     return Tokenizer(name=BUILTIN, backend=backend, eos_id=backend.token_to_id(EOS_TOKEN))
 
 
@@ -91,13 +91,43 @@ def _from_transformers(spec: str) -> Tokenizer:
     return Tokenizer(name=spec, backend=backend, eos_id=hf.eos_token_id)
 
 
+TOKENIZER_CHOICES = "pass a tokenizer.json, a directory written by save_pretrained, a hub name or 'builtin'"
+
+
+def _read_tokenizer_file(path: Path) -> tokenizers.Tokenizer:
+    """A `tokenizer.json`, or a one-line error saying why the file is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        definition = json.loads(text)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a tokenizer.json (a binary file): {TOKENIZER_CHOICES}") from None
+    except ValueError as err:
+        raise UserError(f"{path} is not a tokenizer.json (not JSON: {str(err).splitlines()[0]}): "
+                        f"{TOKENIZER_CHOICES}") from None
+    if not isinstance(definition, dict) or "model" not in definition:
+        raise UserError(f"{path} is not a tokenizer.json (JSON without a tokenizer 'model'): {TOKENIZER_CHOICES}")
+    try:
+        return tokenizers.Tokenizer.from_str(text)
+    except Exception as err:  # noqa: BLE001  the Rust binding raises plain Exception for every malformed field
+        raise UserError(f"{path} is not a tokenizer.json ({str(err).splitlines()[0][:160]}): "
+                        f"{TOKENIZER_CHOICES}") from None
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
     """`builtin`, a `tokenizer.json` file, a saved tokenizer directory, or a hub name."""
     if spec == BUILTIN:
         return builtin_tokenizer()
     path = Path(spec)
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            raise UserError(f"tokenizer directory {path} holds no tokenizer.json or tokenizer_config.json: "
+                            f"{TOKENIZER_CHOICES}")
+        if (path / "tokenizer.json").is_file():
+            _read_tokenizer_file(path / "tokenizer.json")  # a damaged file fails here in one line
+    elif path.suffix == ".json" and not path.exists():
+        raise UserError(f"tokenizer file {path} does not exist: {TOKENIZER_CHOICES}")
     if path.is_file():
-        backend = tokenizers.Tokenizer.from_file(str(path))
+        backend = _read_tokenizer_file(path)
         eos_id = backend.token_to_id(EOS_TOKEN)
         if eos_id is None:
             raise UserError(f"tokenizer file {path} has no {EOS_TOKEN} token to separate documents")

@@ -46,7 +46,7 @@ def build_parser() -> ArgumentParser:
     prep.add_argument("--backend", choices=("auto", "local", "ray"), default="auto",
                       help="local process pool, or Ray Data on the connected cluster (auto: ray when connected)")
     for name, helptext in (("verify", "check every shard's sha256 and the manifest's counts"),
-                           ("info", "print counts, tokenizer and a few decoded samples")):
+                           ("info", "check checksums, then print counts, tokenizer and a few decoded samples")):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("directory", type=Path)
     return parser
@@ -81,7 +81,8 @@ def main_body(argv: Sequence[str] | None) -> int:
 
 
 def describe(directory: Path, samples: int = 3, sample_tokens: int = 40) -> str:
-    data = TokenShards.open(directory, verify=False)
+    """Counts, tokenizer and decoded samples, after checking every checksum: never samples of damaged data."""
+    data = TokenShards.open(directory, verify=True)
     m = data.manifest
     lines = [f"directory   {directory}", f"source      {m.source}",
              f"tokenizer   {m.tokenizer.name} (vocab {m.tokenizer.vocab_size}, sha256 {m.tokenizer.sha256[:12]})",
@@ -92,6 +93,9 @@ def describe(directory: Path, samples: int = 3, sample_tokens: int = 40) -> str:
         tokenizer = load_tokenizer(m.tokenizer.name)
     except UserError:
         return "\n".join(lines + ["(tokenizer not loadable here: samples not decoded)"])
+    if tokenizer.sha256 != m.tokenizer.sha256:
+        return "\n".join(lines + ["(the tokenizer of that name here differs from the one that prepared the data: "
+                                  "samples not decoded)"])
     stream = data.train_stream(samples, seed=0)
     for row in stream.next()[:, :sample_tokens].tolist():
         lines.append(f"sample      {tokenizer.decode(row)!r}")

@@ -11,15 +11,17 @@ long; consecutive rows overlap by one token, so every token of the stream is a t
 A step of batch B therefore trains on B x seq_len tokens, the way the speedrun counts them.
 
 The manifest is written last, atomically, by the preparation pipeline: a directory without one is
-unfinished. This module is the contract between `pipelines/` (which writes) and the readers in
-`blueberry.data.tokens`.
+unfinished. Reading one checks its structure and types (`Manifest.from_json`): a manifest that is
+damaged or was edited by hand is a one-line `DataError`, never a traceback from deep inside a reader.
+Each shard records its largest token id (`max_token`), so a manifest whose vocabulary is smaller than
+its data is refused before a single row is read. This module is the contract between `pipelines/`
+(which writes) and the readers in `blueberry.data.tokens`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from blueberry.errors import DataError
+from blueberry.errors import DataError, UserError
+from blueberry.files import atomic_file, confined, write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -67,6 +70,7 @@ class ShardInfo:
     sequences: int
     tokens: int  # prediction targets: sequences x seq_len
     sha256: str
+    max_token: int | None = None  # the largest token id in the shard; None in manifests older than this field
 
 
 @dataclass(frozen=True)
@@ -106,27 +110,89 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, where: str = "manifest") -> Manifest:
+        """Parse and validate a manifest; anything malformed is a one-line `DataError` naming what is wrong."""
         try:
             raw = json.loads(text)
-            if raw.get("format_version") != FORMAT_VERSION:
-                raise DataError(f"{where} has format version {raw.get('format_version')}, this Blueberry reads "
-                                f"version {FORMAT_VERSION}: prepare the data again with this version")
-            splits = {name: SplitInfo(tuple(ShardInfo(**f) for f in s["files"])) for name, s in raw["splits"].items()}
-            return cls(tokenizer=TokenizerInfo(**raw["tokenizer"]), seq_len=int(raw["seq_len"]),
-                       dtype=raw["dtype"], splits=splits, source=raw.get("source", ""),
-                       preparation_key=raw.get("preparation_key", ""), extra=raw.get("extra", {}))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{where} is not a valid Blueberry manifest ({err}): prepare the data again") from None
+        except ValueError as err:
+            raise _corrupt(where, f"not JSON ({str(err).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise _corrupt(where, f"a JSON {type(raw).__name__}, not an object")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{where} has format version {raw.get('format_version')}, this Blueberry reads "
+                            f"version {FORMAT_VERSION}: prepare the data again with this version")
+        tok = _get(raw, "tokenizer", dict, where)
+        tokenizer = TokenizerInfo(name=_get(tok, "name", str, where, "tokenizer"),
+                                  vocab_size=_count(tok, "vocab_size", where, "tokenizer", minimum=1),
+                                  sha256=_get(tok, "sha256", str, where, "tokenizer"),
+                                  eos_id=_count(tok, "eos_id", where, "tokenizer"))
+        if tokenizer.eos_id >= tokenizer.vocab_size:
+            raise _corrupt(where, f"tokenizer eos_id {tokenizer.eos_id} is not below its vocab_size "
+                                  f"{tokenizer.vocab_size}")
+        seq_len = _count(raw, "seq_len", where, minimum=1)
+        dtype = _get(raw, "dtype", str, where)
+        if dtype not in TOKEN_DTYPES:
+            raise _corrupt(where, f"unknown dtype {dtype!r} (expected {' or '.join(TOKEN_DTYPES)})")
+        splits = {}
+        for name, split in _get(raw, "splits", dict, where).items():
+            files = _get(_as(split, dict, where, f"splits.{name}"), "files", list, where, f"splits.{name}")
+            splits[name] = SplitInfo(tuple(_shard(f, where, f"splits.{name}.files[{i}]", seq_len, tokenizer.vocab_size)
+                                           for i, f in enumerate(files)))
+        return cls(tokenizer=tokenizer, seq_len=seq_len, dtype=dtype, splits=splits,
+                   source=_as(raw.get("source", ""), str, where, "source"),
+                   preparation_key=_as(raw.get("preparation_key", ""), str, where, "preparation_key"),
+                   extra=_as(raw.get("extra", {}), dict, where, "extra"))
 
     def write(self, directory: Path) -> None:
         """Write atomically: readers see the old manifest or the new one, never half of one."""
-        tmp = directory / f".{MANIFEST_NAME}.tmp"
-        tmp.write_text(self.to_json())
-        os.replace(tmp, directory / MANIFEST_NAME)
+        write_atomic(directory / MANIFEST_NAME, self.to_json())
+
+
+def _corrupt(where: str, what: str) -> DataError:
+    return DataError(f"corrupt manifest {where}: {what}; delete its directory and prepare it again")
+
+
+def _as(value: Any, kind: type, where: str, name: str) -> Any:
+    # bool is an int to Python but never a count or a name in a manifest
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _corrupt(where, f"{name} is {json.dumps(value)[:60]}, not {_KIND_NAMES[kind]}")
+    return value
+
+
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+def _get(raw: dict[str, Any], key: str, kind: type, where: str, parent: str = "") -> Any:
+    name = f"{parent}.{key}" if parent else key
+    if key not in raw:
+        raise _corrupt(where, f"{name} is missing")
+    return _as(raw[key], kind, where, name)
+
+
+def _count(raw: dict[str, Any], key: str, where: str, parent: str = "", minimum: int = 0) -> int:
+    value = _get(raw, key, int, where, parent)
+    if value < minimum:
+        raise _corrupt(where, f"{parent + '.' if parent else ''}{key} is {value}, below {minimum}")
+    return value
+
+
+def _shard(raw: Any, where: str, name: str, seq_len: int, vocab_size: int) -> ShardInfo:
+    raw = _as(raw, dict, where, name)
+    shard = ShardInfo(name=_get(raw, "name", str, where, name), sequences=_count(raw, "sequences", where, name),
+                      tokens=_count(raw, "tokens", where, name), sha256=_get(raw, "sha256", str, where, name),
+                      max_token=None if raw.get("max_token") is None else _count(raw, "max_token", where, name))
+    if shard.tokens != shard.sequences * seq_len:
+        raise _corrupt(where, f"shard {shard.name} has {shard.tokens} tokens, not sequences x seq_len "
+                              f"({shard.sequences} x {seq_len})")
+    if shard.max_token is not None and shard.max_token >= vocab_size:
+        raise _corrupt(where, f"shard {shard.name} holds token ids up to {shard.max_token}, beyond the "
+                              f"tokenizer's vocab_size {vocab_size}")
+    return shard
 
 
 def read_manifest(directory: Path) -> Manifest:
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"{directory} is a file, not a prepared data directory")
     if not directory.is_dir():
         raise DataError(f"data directory {directory} does not exist: prepare it with "
                         f"`blueberry-data prepare --source builtin --out {directory}` or pass --data builtin")
@@ -134,27 +200,48 @@ def read_manifest(directory: Path) -> Manifest:
     if not path.is_file():
         raise DataError(f"{directory} has no {MANIFEST_NAME}, so its preparation never finished: "
                         f"run `blueberry-data prepare` again with --out {directory}")
-    return Manifest.from_json(path.read_text(), where=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise _corrupt(str(path), f"unreadable ({err})") from None
+    return Manifest.from_json(text, where=str(path))
+
+
+def shard_path(directory: Path, shard: ShardInfo) -> Path:
+    """Where a manifest's shard lies: inside `directory`, or the manifest is corrupt (a name like
+    `../elsewhere.arrow` or an absolute path would train on files the preparation never wrote)."""
+    try:
+        return confined(directory, shard.name, "shard")
+    except UserError:
+        raise _corrupt(str(directory / MANIFEST_NAME), f"shard name {shard.name!r} is not a file inside "
+                                                       f"{directory}") from None
 
 
 def write_shard(path: Path, rows: np.ndarray) -> str:
-    """Write rows (n, row_len) as one Arrow IPC file; returns its sha256. Atomic via rename."""
+    """Write rows (n, row_len) as one Arrow IPC file; returns its sha256. Atomic and on disk before anything
+    (a saved state, the manifest) names it."""
     n, row_len = rows.shape
     flat = pa.array(np.ascontiguousarray(rows).reshape(-1))
     table = pa.table({TOKEN_COLUMN: pa.FixedSizeListArray.from_arrays(flat, row_len)})
-    tmp = path.with_name(f".{path.name}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    with atomic_file(path) as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    os.replace(tmp, path)
     return sha256_file(path)
 
 
 def map_shard(path: Path, row_len: int, dtype: str) -> list[np.ndarray]:
     """Memory-map an Arrow IPC shard: one zero-copy (rows, row_len) numpy view per record batch."""
-    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"shard {path} is not a readable Arrow file ({str(err).splitlines()[0][:120]}): "
+                        "prepare the data again") from None
     views = []
-    for i in range(reader.num_record_batches):
-        column = reader.get_batch(i).column(TOKEN_COLUMN)
+    for batch in batches:
+        if TOKEN_COLUMN not in batch.schema.names:
+            raise DataError(f"shard {path} has no {TOKEN_COLUMN!r} column: the directory mixes preparations; "
+                            "prepare it again")
+        column = batch.column(TOKEN_COLUMN)
         if not pa.types.is_fixed_size_list(column.type) or column.type.list_size != row_len:
             raise DataError(f"{path} holds rows of type {column.type}, the manifest says {row_len} x {dtype}: "
                             "the directory mixes preparations; prepare it again")
