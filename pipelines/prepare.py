@@ -288,6 +288,11 @@ def _prepare_locked(cfg: PrepareConfig, out: Path, key: str, source: Source, tok
     if manifest.splits["train"].sequences == 0:
         raise DataError(f"only {state.tokens} tokens: not one training sequence of {cfg.seq_len}; "
                         "use more data or a shorter --seq-len")
+    if cfg.val_fraction > 0 and manifest.splits["val"].sequences == 0:
+        # Before: prepared silently, and training then reported `val loss nan`.
+        raise DataError(f"{state.documents} documents, and those held out for validation ({cfg.val_fraction:g} of "
+                        f"them) do not fill one sequence of {cfg.seq_len} tokens: use more text, a larger "
+                        "--val-fraction or a shorter --seq-len, or --val-fraction 0 to prepare without validation")
     manifest.write(out)
     for leftover in [out / PARTIAL_STATE, *out.glob(".pending-*.npy")]:
         leftover.unlink()

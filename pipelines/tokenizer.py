@@ -2,8 +2,9 @@
 
 Everything downstream needs the same five things from a tokenizer, so `Tokenizer` wraps the Rust
 `tokenizers.Tokenizer` (fast batched encoding) with its name, EOS id, vocabulary size and a hash of
-its definition. Hub names load through `transformers.AutoTokenizer`, which honours
-`HF_HUB_OFFLINE=1` and the local Hugging Face cache.
+its definition. Hub names load through `transformers.AutoTokenizer`: from the local Hugging Face
+cache when it holds them, else from the hub (`HF_ENDPOINT`), which is probed first so that a machine
+without a network gets one line at once; `HF_HUB_OFFLINE=1` skips the hub altogether.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -74,15 +77,37 @@ def builtin_tokenizer() -> Tokenizer:
     return Tokenizer(name=BUILTIN, backend=backend, eos_id=backend.token_to_id(EOS_TOKEN))
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _check_hub_reachable(spec: str) -> None:
+    """Answer at once, offline, instead of after the hub client's retries (about 50 s without a network)."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"tokenizer {spec!r} is not in the local Hugging Face cache and {host} cannot be reached "
+                        f"({err.strerror or err}): pass --tokenizer builtin (trained on the built-in corpus, needs no "
+                        "network), or a local tokenizer.json or saved tokenizer directory") from None
+
+
 def _from_transformers(spec: str) -> Tokenizer:
     from transformers import AutoTokenizer
 
     try:
-        hf = AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError) as err:
-        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise UserError(f"cannot load tokenizer {spec!r}{offline}: {str(err).splitlines()[0]}; pass a local "
-                        "tokenizer directory or tokenizer.json, or 'builtin'") from None
+        hf = AutoTokenizer.from_pretrained(spec, local_files_only=True)  # the local cache: no network
+    except (OSError, ValueError):
+        hf = None
+    if hf is None:
+        if not os.environ.get("HF_HUB_OFFLINE"):
+            _check_hub_reachable(spec)
+        try:
+            hf = AutoTokenizer.from_pretrained(spec)
+        except (OSError, ValueError) as err:
+            offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise UserError(f"cannot load tokenizer {spec!r}{offline}: {str(err).splitlines()[0]}; pass a local "
+                            "tokenizer directory or tokenizer.json, or 'builtin'") from None
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise UserError(f"tokenizer {spec!r} has no fast (Rust) implementation; Blueberry needs a fast tokenizer")

@@ -225,3 +225,38 @@ def test_cli_prepare_errors_are_one_line(tmp_path, capsys):
 def test_shard_reads_exceed_a_hundred_4090_trials(builtin_data):
     # One RTX 4090 trial consumes about 93k tokens/s; the reader must feed more than 100 of them.
     assert read_tokens_per_s(builtin_data, batch_size=8, seconds=1.0) > 10_000_000
+
+
+def test_a_hub_tokenizer_without_a_network_answers_at_once_naming_the_offline_choice(tmp_path):
+    # Before: --source local: defaulted to the hub tokenizer and spent about 50 s in retries offline.
+    (tmp_path / "docs.jsonl").write_text('{"text": "a document"}\n')
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "blueberry.cli.data", "prepare", "--source",
+                           f"local:{tmp_path}/docs.jsonl", "--out", str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is not in the local Hugging Face cache and 127.0.0.1 cannot be reached" in done.stderr
+    assert "pass --tokenizer builtin" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30  # imports included; the probe itself gives up after 3 s
+
+
+def test_a_corpus_too_small_to_hold_out_validation_is_refused_and_so_is_training_without_it(tmp_path):
+    (tmp_path / "few.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS[:10]))
+    # Before: prepared silently with 0 validation tokens, and training reported `val loss nan`.
+    with pytest.raises(DataError, match="held out for validation .* do not fill one sequence"):
+        prepare(cfg(f"local:{tmp_path}/few.jsonl", val_fraction=0.05), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / MANIFEST_NAME).exists()
+
+    class Model:  # what check_fits reads of a model
+        vocab_size, seq_len = 8192, 32
+
+    asked = prepare(cfg(f"local:{tmp_path}/few.jsonl", val_fraction=0.0), tmp_path / "none", progress=False)
+    assert asked.splits["val"].sequences == 0
+    TokenShards.open(tmp_path / "none").check_fits(Model())  # --val-fraction 0 asked for no validation
+    manifest = json.loads((tmp_path / "none" / MANIFEST_NAME).read_text())
+    manifest["extra"]["config"]["val_fraction"] = 0.05  # as data prepared before this check would say
+    (tmp_path / "none" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="the data holds no validation sequences"):
+        TokenShards.open(tmp_path / "none").check_fits(Model())

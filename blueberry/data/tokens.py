@@ -96,6 +96,12 @@ class TokenShards:
             raise DataError(f"the data was prepared with seq_len {self.seq_len} but the model's seq_len is "
                             f"{model.seq_len}: prepare the data with --seq-len {model.seq_len} or pass --seq-len "
                             f"{self.seq_len}")
+        asked_for_none = self.manifest.extra.get("config", {}).get("val_fraction") == 0
+        if self.manifest.splits["val"].sequences == 0 and not asked_for_none:
+            # Training would report `val loss nan`. Data prepared with --val-fraction 0 asked for no validation.
+            raise DataError(f"the data holds no validation sequences (too little held-out text for one of "
+                            f"{self.seq_len} tokens): prepare it with more text or a larger --val-fraction, or with "
+                            "--val-fraction 0 to train without validation")
 
     def unigram_entropy(self) -> float:
         """Entropy (nats/token) of the training targets' token frequencies: the loss of the best model
