@@ -156,10 +156,10 @@ def test_data_commands(builtin_dir, tmp_path, capsys):
     info = capsys.readouterr().out
     assert "seq_len     256" in info and info.count("sample") == 3
     out = tmp_path / "prep"
-    assert data_cli.main(["prepare", "--out", str(out), "--seq-len", "64", "--tokens", "5000"]) == 0
+    assert data_cli.main(["prepare", "--out", str(out), "--seq-len", "64", "--tokens", "50000"]) == 0
     assert (out / "manifest.json").is_file()
     capsys.readouterr()
-    assert data_cli.main(["prepare", "--out", str(out), "--seq-len", "32", "--tokens", "5000"]) == 2
+    assert data_cli.main(["prepare", "--out", str(out), "--seq-len", "32", "--tokens", "50000"]) == 2
     assert "different preparation" in one_line_error(capsys, "blueberry-data")
 
 
