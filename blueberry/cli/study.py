@@ -38,7 +38,7 @@ from blueberry.models.registry import preset, preset_names
 from blueberry.models.run import RunConfig
 from blueberry.platform.cluster import has_gpus
 from blueberry.platform.search import is_config_key
-from blueberry.platform.tracking import absolute_uri, tracking_uri, ui_link
+from blueberry.platform.tracking import absolute_uri, tracking_uri, ui_link, ui_path
 
 if TYPE_CHECKING:
     from blueberry.platform.sweep import SweepConfig, SweepResult
@@ -214,10 +214,10 @@ def summary(cfg: SweepConfig, result: SweepResult) -> str:
         lines.append(f"best         {cfg.metric} {result.best[cfg.metric]:.4f}  {json.dumps(params, default=str)}")
     lines.append(f"Ray results  {result.storage_path}  (run the same command again to resume)")
     lines.append(f"MLflow       {result.tracking_uri}, experiment {cfg.experiment!r}, parent run {result.parent_run_id}")
-    link = ui_link(result.tracking_uri, result.experiment_id)
+    link = ui_link(result.tracking_uri, result.experiment_id, result.view)
     if link:
         lines.append(f"see it:      {link}")
-    elif result.tracking_uri.startswith("sqlite:"):
-        lines.append(f"see it:      mlflow ui --backend-store-uri {result.tracking_uri}, then open the experiment "
-                     "(choose 'Model training' at the top left)")
+    else:
+        lines.append(f"see it:      mlflow ui --backend-store-uri {result.tracking_uri}, then open "
+                     f"http://127.0.0.1:5000{ui_path(result.experiment_id, result.view)}")
     return "\n".join(lines)

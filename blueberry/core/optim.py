@@ -58,7 +58,7 @@ def polar_express(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bf
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, orthogonalised by Polar Express, for 2-D parameters only."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.95,
+    def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], lr: float, momentum: float = 0.95,
                  nesterov: bool = True, ortho_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov))
         self.ortho_dtype = ortho_dtype
@@ -87,8 +87,15 @@ class OptimizerSet:
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
         self.optimizers = optimizers
+        # Read once here: loading a checkpoint replaces the group dicts with the saved ones, and a
+        # checkpoint written before groups were named would drop the names.
+        self.group_names = [group["name"] for group in self.param_groups]
         for group in self.param_groups:
             group.setdefault("peak_lr", group["lr"])
+
+    def learning_rates(self) -> dict[str, float]:
+        """Each param group's current LR by the group's name: `muon`, `adamw`, `adamw_no_decay`."""
+        return {name: group["lr"] for name, group in zip(self.group_names, self.param_groups)}
 
     @property
     def param_groups(self) -> Iterator[dict[str, Any]]:
@@ -152,16 +159,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
     """Muon for hidden matrices plus AdamW for the rest, or AdamW for everything."""
     hidden, decayed, no_decay = split_params(model, is_hidden)
     if cfg.optimizer == "adamw":
-        return OptimizerSet([_adamw([{"params": hidden + decayed, "weight_decay": cfg.weight_decay},
-                                     {"params": no_decay, "weight_decay": 0.0}], cfg, device)])
+        return OptimizerSet([_adamw([{"params": hidden + decayed, "weight_decay": cfg.weight_decay, "name": "adamw"},
+                                     {"params": no_decay, "weight_decay": 0.0, "name": "adamw_no_decay"}],
+                                    cfg, device)])
     if not hidden:
         raise ConfigError("the model has no hidden matrices for Muon (see Task.is_hidden_matrix): "
                           "train it with optimizer adamw")
     # bf16 matmuls are what make Polar Express cheap on GPUs; most CPUs have no fast bf16 GEMM.
     ortho_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, ortho_dtype=ortho_dtype)
-    adamw = _adamw([{"params": decayed, "weight_decay": cfg.weight_decay},
-                    {"params": no_decay, "weight_decay": 0.0}], cfg, device)
+    muon = Muon([{"params": hidden, "name": "muon"}], lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                ortho_dtype=ortho_dtype)
+    adamw = _adamw([{"params": decayed, "weight_decay": cfg.weight_decay, "name": "adamw"},
+                    {"params": no_decay, "weight_decay": 0.0, "name": "adamw_no_decay"}], cfg, device)
     return OptimizerSet([muon, adamw])
 
 

@@ -1,6 +1,7 @@
-"""A study's summary, written by the driver: each trial's final status in MLflow, and the parent run's
-trials.csv, best_config.json and plots. (MLflow's entities are imported where they are used, like
-`blueberry.platform.tracking` does, to keep MLflow's import off the start-up path.)"""
+"""A study's summary, written by the driver: each trial's final status in MLflow, the parent run's
+trials.csv, best_config.json and plots, and the study's view in the MLflow UI. (MLflow's entities are
+imported where they are used, like `blueberry.platform.tracking` does, to keep MLflow's import off the
+start-up path.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from blueberry.models.run import RunConfig  # noqa: E402
 from blueberry.platform.search import apply_params, flat_overrides, is_config_key  # noqa: E402
-from blueberry.platform.tracking import STATUS_TAG, STUDY_TAG, TRIAL_TAG, find_run  # noqa: E402
+from blueberry.platform.tracking import (KIND_TAG, PRIMARY_METRIC_TAG, RUN_COLOR_TAG, STATUS_TAG,  # noqa: E402
+                                         STUDY_TAG, TRIAL_TAG, find_run, save_view)
 
-# Tune's outcome -> (our status tag, MLflow run status)
-STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+# Distinct colours for the trials' lines in the UI's charts (matplotlib's tab10), where MLflow's own,
+# hashed from run ids, often repeat one hue.
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf")
+# Tune's outcome -> (our status tag, MLflow run status). ASHA stopping a trial is a normal outcome of a
+# study, not an error: its run is FINISHED (MLflow's UI marks KILLED and FAILED runs alike with a red
+# cross), and its status tag and name say it stopped early.
+STATUSES = {"finished": "FINISHED", "diverged": "FINISHED", "stopped_early": "FINISHED", "failed": "FAILED"}
+
+
+def trial_run_name(params: dict[str, Any], status: str = "finished") -> str:
+    """A trial's MLflow run name: its searched values in the study's order, `muon_lr=0.024 adamw_lr=0.006`
+    (each key's last part, unless two share it; three significant digits), then the outcome unless it
+    finished: `... (stopped early)`, `(diverged)`, `(failed)`."""
+    flat = flat_overrides(params)
+    last = [key.rsplit(".", 1)[-1] for key in flat]
+    names = [short if last.count(short) == 1 else key for key, short in zip(flat, last)]
+    values = " ".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+                      for name, value in zip(names, flat.values()))
+    return values if status == "finished" else f"{values} ({status.replace('_', ' ')})".strip()
 
 
 def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
@@ -32,11 +53,16 @@ def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
     return "finished" if metrics.get("completed") else "stopped_early"
 
 
-def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any) -> list[dict[str, Any]]:
+def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, metric: str = "val_loss",
+                     ) -> list[dict[str, Any]]:
     """One row per trial; each trial's MLflow run gets its final status (trials ASHA stopped cannot
-    close their own runs: Tune ends them mid-step)."""
+    close their own runs: Tune ends them mid-step), its outcome in its name, and the study's `metric`
+    as Tune last saw it (the loss where ASHA stopped it, for a trial stopped early; none for a trial
+    that diverged or failed)."""
+    from mlflow.entities import Metric
+
     rows = []
-    for result in results:
+    for index, result in enumerate(results):
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         status = trial_status(metrics, result.error)
@@ -44,9 +70,15 @@ def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any) 
         if run_id is not None:
             client.set_tag(run_id, STATUS_TAG, status)
             client.set_tag(run_id, "tune_trial_id", trial_id)
+            client.set_tag(run_id, RUN_COLOR_TAG, RUN_COLORS[index % len(RUN_COLORS)])
+            if status in ("finished", "stopped_early") and math.isfinite(metrics.get(metric, math.nan)):
+                # At step 0, like the final metrics: one bar per trial in the UI's charts.
+                client.log_batch(run_id, metrics=[Metric(metric, float(metrics[metric]), int(time.time() * 1000), 0)])
+            if result.config:
+                client.update_run(run_id, name=trial_run_name(result.config, status))
             client.set_terminated(run_id, status=STATUSES[status])
         rows.append({"trial_id": trial_id, "mlflow_run_id": run_id, "status": status,
-                     **{k: v for k, v in sorted(flat_overrides(result.config or {}).items())},
+                     **flat_overrides(result.config or {}),
                      "val_loss": metrics.get("val_loss", math.nan), "tokens": metrics.get("tokens", 0),
                      "target_tokens": metrics.get("target_tokens", math.nan)})
     return rows
@@ -146,3 +178,43 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], m
     client.log_batch(parent_run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()])
     return best
+
+
+def study_view(study: str, metric: str, searched: list[str]) -> dict[str, Any]:
+    """The runs-table view of one study: its trials alone (not nested under the study's run), best
+    first, with their status, the study's metric and the searched parameters as columns; in the charts
+    view, the searched parameters against the metric (parallel coordinates, then one scatter plot each)
+    before MLflow's charts of every metric."""
+    params = [f"search.{key}" for key in searched]
+    section = f"{study}-section"
+
+    def chart(kind: str, name: str, **fields: Any) -> dict[str, Any]:
+        return {"uuid": f"{study}-{name}", "type": kind, "metricSectionId": section, "runsCountToCompare": 100,
+                "deleted": False, "isGenerated": False, **fields}
+
+    charts = [chart("PARALLEL", "parallel", selectedParams=params, selectedMetrics=[metric], showAllRuns=True)]
+    charts += [chart("SCATTER", f"scatter-{key}", xaxis={"key": key, "type": "PARAM"},
+                     yaxis={"key": metric, "type": "METRIC"}) for key in params]
+    return {
+        "searchFilter": f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'trial'",
+        "orderByKey": f"metrics.`{metric}`", "orderByAsc": True,
+        "selectedColumns": [f"tags.`{STATUS_TAG}`", f"metrics.`{metric}`", *(f"params.`{key}`" for key in params)],
+        # The UI sizes only the columns `columnOrder` lists: wide enough for a trial's name and values.
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", f"metrics.`{metric}`",
+                        *(f"params.`{key}`" for key in params), f"tags.`{STATUS_TAG}`"],
+        "columnWidths": {"attributes.`Run Name`": 380, f"metrics.`{metric}`": 110,
+                         **{f"params.`{key}`": 170 for key in params}, f"tags.`{STATUS_TAG}`": 120},
+        "compareRunCharts": charts,
+        "compareRunSections": [{"uuid": section, "name": f"study {study}", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True,  # keeps the study's section first
+    }
+
+
+def save_study_view(client: Any, experiment_id: str, study: str, metric: str, rows: list[dict[str, Any]]) -> str:
+    """Save `study_view` as the experiment's view named after the study, and make `metric` the
+    experiment's primary metric; returns the view's id (`blueberry.platform.tracking.ui_path` opens it)."""
+    searched = list(dict.fromkeys(k for row in rows for k in row if is_config_key(k)))
+    client.set_experiment_tag(experiment_id, PRIMARY_METRIC_TAG, metric)
+    save_view(client, experiment_id, study, study, study_view(study, metric, searched))
+    return study

@@ -16,7 +16,11 @@
   state), keeps finished trials, retries errored ones, and finds each trial's MLflow run again
   instead of creating a second;
 - the driver closes the runs of trials ASHA stopped, and writes the parent run's summary: trials.csv,
-  best_config.json, loss-vs-parameter plots and all learning curves.
+  best_config.json, loss-vs-parameter plots and all learning curves;
+- each trial's MLflow run is named by its searched values (`muon_lr=0.024 adamw_lr=0.006`, with
+  `(stopped early)`, `(diverged)` or `(failed)` once closed), and the study saves a view of the MLflow
+  UI's runs table (`SweepResult.view`): its trials, their status, the metric and the searched
+  parameters, and a parallel-coordinates chart of those against the metric.
 
 Ray, Tune and Optuna are imported inside the functions that use them: importing them takes seconds,
 and a study's flag errors and `--help` should answer at once.
@@ -42,7 +46,7 @@ from blueberry.models.run import RunConfig
 from blueberry.platform.cluster import (connect, driver_lock, ray_checkpoint, restore_ray_checkpoint,
                                         storage_path)
 from blueberry.platform.data import data_key, open_shared
-from blueberry.platform.report import close_trial_runs, write_summary
+from blueberry.platform.report import close_trial_runs, save_study_view, trial_run_name, write_summary
 from blueberry.platform.search import apply_params, flat_overrides
 from blueberry.platform.tracking import (CONFIG_TAG, KIND_TAG, STUDY_TAG, TRIAL_TAG, MlflowTracker, aborted_status,
                                          absolute_uri, client, close_open_runs, ensure_experiment, find_run,
@@ -149,6 +153,24 @@ class TrialContext:
     data_key: str  # enters each trial's identity (`RunConfig.key`), as blueberry-train's runs do
 
 
+def trial_tracker(context: TrialContext, params: dict[str, Any], trial_id: str, trial_name: str) -> MlflowTracker:
+    """The MLflow child run of one trial (found again by its study and Tune trial id when the trial is
+    retried), named by its searched values; Tune's name for the trial is kept as a tag."""
+    run = apply_params(context.base, params)
+    task = run.task()
+    size = task.scale_params(run.train)
+    budget = run.train.budget_tokens(task.units_per_sample)
+    return MlflowTracker(
+        context.experiment, trial_run_name(params) or trial_name, uri=context.tracking_uri,
+        # C = 6 N D, the compute estimate scaling fits read from sweeps (blueberry-scale hparams).
+        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * budget,
+                **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
+        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key(data=context.data_key),
+              "tune_trial_name": trial_name},
+        parent_run_id=context.parent_run_id,
+        identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
+
+
 def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     """The Tune trainable: one run of the base config's task with Tune reporting and an MLflow child run."""
     from ray import tune
@@ -156,20 +178,11 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     torch.set_num_threads(context.threads)
     run = apply_params(context.base, params)
     task = run.task()
-    trial_id = tune.get_context().get_trial_id()
-    size = task.scale_params(run.train)
-    budget = run.train.budget_tokens(task.units_per_sample)
-    tracker = MlflowTracker(
-        context.experiment, tune.get_context().get_trial_name(), uri=context.tracking_uri,
-        # C = 6 N D, the compute estimate scaling fits read from sweeps (blueberry-scale hparams).
-        params={**run.flatten(), "preset": context.preset, **size, "C": 6 * size["N"] * budget,
-                **{f"search.{k}": v for k, v in flat_overrides(params).items()}},
-        tags={STUDY_TAG: context.study, KIND_TAG: "trial", CONFIG_TAG: run.key(data=context.data_key)},
-        parent_run_id=context.parent_run_id,
-        identity={STUDY_TAG: context.study, TRIAL_TAG: trial_id}, log_every=run.train.log_every)
+    tune_context = tune.get_context()
+    tracker = trial_tracker(context, params, tune_context.get_trial_id(), tune_context.get_trial_name())
     # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
     # tracker had not logged by then would be lost.
-    train(task, run.train, data.open(), Hooks([tracker, TuneReport(budget)]))
+    train(task, run.train, data.open(), Hooks([tracker, TuneReport(run.train.budget_tokens(task.units_per_sample))]))
 
 
 def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
@@ -244,6 +257,7 @@ class SweepResult:
     best: dict[str, Any] | None
     storage_path: str
     tracking_uri: str
+    view: str | None = None  # the study's view in the MLflow UI (`blueberry.platform.tracking.ui_link`)
 
 
 def run_sweep(cfg: SweepConfig) -> SweepResult:
@@ -269,15 +283,15 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         restoring = _can_restore(path)
         parent_run_id = _parent_run(mlflow_client, experiment_id, cfg, must_exist=restoring, storage=path, uri=uri)
         try:
-            rows, best = _run_trials(cfg, data, resources, concurrent, storage, path, restoring, parent_run_id,
-                                     uri, mlflow_client, experiment_id)
+            rows, best, view = _run_trials(cfg, data, resources, concurrent, storage, path, restoring,
+                                           parent_run_id, uri, mlflow_client, experiment_id)
         except BaseException as error:
             status = aborted_status(error)
             close_open_runs(mlflow_client, experiment_id, {STUDY_TAG: cfg.name, KIND_TAG: "trial"}, status)
             mlflow_client.set_terminated(parent_run_id, status=status)
             raise
         mlflow_client.set_terminated(parent_run_id, status="FINISHED")
-    return SweepResult(experiment_id, parent_run_id, rows, best, path, uri)
+    return SweepResult(experiment_id, parent_run_id, rows, best, path, uri, view)
 
 
 def _can_restore(path: str) -> bool:
@@ -291,8 +305,8 @@ def _can_restore(path: str) -> bool:
 
 def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concurrent: int, storage: str, path: str,
                 restoring: bool, parent_run_id: str, uri: str, mlflow_client: Any, experiment_id: str
-                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Tune's part of a study, then its summary: (one row per trial, the best)."""
+                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+    """Tune's part of a study, then its summary: (one row per trial, the best, the study's UI view)."""
     from ray import tune
 
     base = _study_base(cfg)
@@ -310,11 +324,11 @@ def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concur
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
 
-    rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results)
+    rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results, cfg.metric)
     data_label = cfg.data if isinstance(cfg.data, str) else type(cfg.data).__name__
     best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
                          params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label})
-    return rows, best
+    return rows, best, save_study_view(mlflow_client, experiment_id, cfg.name, cfg.metric, rows)
 
 
 def _param_space(cfg: SweepConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,15 @@ from blueberry.core.state import TrainState
 from blueberry.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# MLflow 3 opens experiments in its GenAI view unless told they hold model training runs.
+# What MLflow 3 calls an experiment of training runs. The 3.17 UI does not choose its view by it (it
+# opens every experiment in the view its workflow switch or the link's `workflowType` names, see
+# `ui_path`); it is kept for the API and other MLflow versions.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"  # the UI's charts view draws it first
+# A saved view of the runs table (columns, filter, sort, charts): the experiment tag VIEW_TAG + id holds
+# it, the UI lists it under "Views" and opens it from a link with `viewStateShareKey=id`.
+VIEW_TAG = "mlflow.sharedViewState."
+RUN_COLOR_TAG = "mlflow.runColor"  # a run's colour in the UI's charts, "#rrggbb"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 # Tags that name runs, so a restarted driver or trial finds its run again instead of making a second.
@@ -101,12 +109,30 @@ def ensure_experiment(mlflow_client: Any, name: str) -> str:
     return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND_TAG)
 
 
-def ui_link(uri: str, experiment_id: str) -> str | None:
-    """The experiment's training-runs table in the MLflow UI of an HTTP tracking server. MLflow 3 opens
-    experiments in its GenAI view unless the link (or the UI's remembered toggle) asks for model training."""
+def ui_path(experiment_id: str, view: str | None = None) -> str:
+    """The MLflow UI's address (after the server's) of the experiment's training-runs table, in saved
+    view `view` if given. MLflow 3.17 opens an experiment in the GenAI view (traces, no runs) unless
+    the address says `workflowType=machine_learning`, or the user flipped the switch at the top left
+    (remembered per browser); the experiment's kind tag no longer decides it."""
+    path = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{path}&viewStateShareKey={urllib.parse.quote(view)}" if view else path
+
+
+def ui_link(uri: str, experiment_id: str, view: str | None = None) -> str | None:
+    """`ui_path` on an HTTP tracking server (None for a local store: `mlflow ui` serves it)."""
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    return uri.rstrip("/") + ui_path(experiment_id, view)
+
+
+def save_view(mlflow_client: Any, experiment_id: str, view: str, name: str, state: dict[str, Any]) -> None:
+    """Save (or replace) the experiment's runs-table view `view`, shown as `name` in the UI's Views list.
+    `state` is what the UI keeps for the runs page: `searchFilter`, `orderByKey`, `orderByAsc`,
+    `selectedColumns` ("metrics.`val_loss`", "params.`x`", "tags.`y`"), `columnOrder` and `columnWidths`,
+    `compareRunCharts` and `compareRunSections` (the charts view), `isAccordionReordered`."""
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    mlflow_client.set_experiment_tag(experiment_id, VIEW_TAG + view, json.dumps(envelope))
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -218,7 +244,7 @@ class MlflowTracker(Hook):
             return
         metrics = {"train/loss": info.loss, "train/smoothed_loss": info.smoothed_loss, "train/tokens": info.tokens,
                    "train/lr_multiplier": info.lr_multiplier, "train/tokens_per_s": info.tokens_per_s}
-        metrics |= {f"train/lr_group{i}": g["lr"] for i, g in enumerate(state.optimizer.param_groups)}
+        metrics |= {f"train/lr_{name}": lr for name, lr in state.optimizer.learning_rates().items()}
         if info.mfu is not None:
             metrics["train/mfu"] = info.mfu
         if self.workers > 1:
@@ -232,7 +258,9 @@ class MlflowTracker(Hook):
                   info.step)
 
     def on_end(self, result: RunResult, state: TrainState) -> None:
-        self._log(result.metrics(), result.steps)
+        # At step 0: MLflow's charts draw a metric with no steps as a bar showing its value (one bar per
+        # run), where one logged at the last step would be a lone point on a step axis.
+        self._log(result.metrics(), 0)
         self.client.set_tag(self.run_id, "outcome", "diverged" if result.diverged else "finished")
         with tempfile.TemporaryDirectory() as tmp:
             config_path = Path(tmp) / "config.json"

@@ -41,7 +41,8 @@ def read_csv(path: str | Path) -> list[Row]:
 
 def read_mlflow(experiment: str, uri: str | None = None) -> list[Row]:
     """Params and metrics of an experiment's finished training runs, one flat row per run. A study's
-    parent run (a summary, not a training run) and diverged trials (no final loss) are left out."""
+    parent run (a summary, not a training run) and diverged or stopped-early trials (no final loss:
+    ASHA ends a stopped trial as FINISHED, tagged `status` stopped_early) are left out."""
     from blueberry.platform.tracking import client  # here: `blueberry-scale` on CSV files needs no torch or MLflow
 
     mlflow_client = client(uri)
@@ -51,7 +52,8 @@ def read_mlflow(experiment: str, uri: str | None = None) -> list[Row]:
     runs = mlflow_client.search_runs([found.experiment_id], filter_string="attributes.status = 'FINISHED'",
                                      max_results=50000)
     runs = [r for r in runs if r.data.tags.get("blueberry.kind") != "study"
-            and r.data.tags.get("status") != "diverged" and r.data.tags.get("outcome") != "diverged"]
+            and r.data.tags.get("status") not in ("diverged", "stopped_early")
+            and r.data.tags.get("outcome") != "diverged"]
     if not runs:
         raise UserError(f"MLflow experiment {experiment!r} has no finished runs")
     return [{**r.data.params, **r.data.metrics, "run_id": r.info.run_id} for r in runs]
