@@ -71,17 +71,26 @@ def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, 
             client.set_tag(run_id, STATUS_TAG, status)
             client.set_tag(run_id, "tune_trial_id", trial_id)
             client.set_tag(run_id, RUN_COLOR_TAG, RUN_COLORS[index % len(RUN_COLORS)])
-            if status in ("finished", "stopped_early") and math.isfinite(metrics.get(metric, math.nan)):
+            never_reached = metric == "target_tokens" and metrics.get("reached_target") != 1.0
+            if status in ("finished", "stopped_early") and math.isfinite(metrics.get(metric, math.nan)) \
+                    and not never_reached:
                 # At step 0, like the final metrics: one bar per trial in the UI's charts.
                 client.log_batch(run_id, metrics=[Metric(metric, float(metrics[metric]), int(time.time() * 1000), 0)])
             if result.config:
                 client.update_run(run_id, name=trial_run_name(result.config, status))
             client.set_terminated(run_id, status=STATUSES[status])
-        rows.append({"trial_id": trial_id, "mlflow_run_id": run_id, "status": status,
-                     **flat_overrides(result.config or {}),
-                     "val_loss": metrics.get("val_loss", math.nan), "tokens": metrics.get("tokens", 0),
-                     "target_tokens": metrics.get("target_tokens", math.nan)})
+        row = {"trial_id": trial_id, "mlflow_run_id": run_id, "status": status, **flat_overrides(result.config or {}),
+               "val_loss": metrics.get("val_loss", math.nan), "tokens": metrics.get("tokens", 0)}
+        if metric == "target_tokens":  # only studies of a target loss have it; inf: never reached
+            reached = metrics.get("reached_target", 0.0) == 1.0
+            row["target_tokens"] = metrics.get("target_tokens", math.inf) if reached else math.inf
+        rows.append(row)
     return rows
+
+
+def csv_value(key: str, value: Any) -> Any:
+    """How trials.csv shows a value: a target never reached says so, instead of a stand-in number."""
+    return "not reached" if key == "target_tokens" and value == math.inf else value
 
 
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
@@ -159,7 +168,7 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], m
         with open(tmp_path / "trials.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: csv_value(k, v) for k, v in row.items()} for row in rows)
         artifacts = [tmp_path / "trials.csv", _plot_params(rows, metric, tmp_path / "loss_vs_params.png"),
                      _plot_curves(client, rows, tmp_path / "learning_curves.png", base.task().unit)]
         if best is not None:

@@ -96,15 +96,21 @@ class SweepConfig:
             raise UserError("a tokens-to-target study needs --target-train-loss")
 
 
-def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int) -> dict[str, float]:
-    """What a trial reports to Tune: the loss (or units to target), units seen, divergence."""
+def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int,
+                  target: bool = False) -> dict[str, float]:
+    """What a trial reports to Tune: the loss, units seen, divergence and, in a study with a target
+    loss, the units it took to reach it. TPE needs a number for a trial that never reached the
+    target: twice the budget, with `reached_target` 0 saying what it stands for."""
     if result is not None and result.diverged:
-        return {"val_loss": DIVERGED_LOSS, "target_tokens": 2.0 * budget, "tokens": result.tokens, "diverged": 1.0}
+        out = {"val_loss": DIVERGED_LOSS, "tokens": result.tokens, "diverged": 1.0}
+        return out | ({"target_tokens": 2.0 * budget, "reached_target": 0.0} if target else {})
     loss = result.val.loss if result is not None and result.val is not None else info.loss if info else math.nan
     tokens = result.tokens if result is not None else info.tokens if info else 0
     out = {"val_loss": loss, "tokens": float(tokens), "diverged": 0.0}
     if result is not None:
-        out["target_tokens"] = float(result.target_tokens) if result.target_tokens else 2.0 * budget
+        if target:
+            out["target_tokens"] = float(result.target_tokens) if result.target_tokens else 2.0 * budget
+            out["reached_target"] = float(result.target_tokens is not None)
         out["completed"] = 1.0  # not "done": Tune sets that on every trial's last result, stopped or not
         out["tokens_per_s"] = result.tokens_per_s
     return out
@@ -113,8 +119,8 @@ def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int) 
 class TuneReport(Hook):
     """Reports each evaluation to Tune with a checkpoint; restores from Tune's checkpoint on a retry."""
 
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
+    def __init__(self, budget: int, target: bool = False) -> None:
+        self.budget, self.target = budget, target  # target: the study measures units to a target loss
         self.resumed_step = 0
 
     def on_start(self, state: TrainState) -> None:
@@ -136,7 +142,7 @@ class TuneReport(Hook):
         tune.report(self._metrics(None, result))
 
     def _metrics(self, info: EvalInfo | None, result: RunResult | None) -> dict[str, float]:
-        return {**trial_metrics(info, result, self.budget), "resumed_from_step": float(self.resumed_step)}
+        return {**trial_metrics(info, result, self.budget, self.target), "resumed_from_step": float(self.resumed_step)}
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     tracker = trial_tracker(context, params, tune_context.get_trial_id(), tune_context.get_trial_name())
     # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
     # tracker had not logged by then would be lost.
-    train(task, run.train, data.open(), Hooks([tracker, TuneReport(run.train.budget_tokens(task.units_per_sample))]))
+    report = TuneReport(run.train.budget_tokens(task.units_per_sample), target=run.train.target_train_loss is not None)
+    train(task, run.train, data.open(), Hooks([tracker, report]))
 
 
 def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
