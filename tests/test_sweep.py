@@ -80,6 +80,13 @@ def test_smoke_study_end_to_end_and_resume(ray_local, tmp_path):
     assert sorted(r.info.run_id for r in trials_after) == sorted(r.info.run_id for r in trials)
     assert len(parents_after) == 1
 
+    # Asking the study for more trials continues it: only the new ones train, searching on from the first.
+    more = run_sweep(dataclasses.replace(cfg, trials=6))
+    _, trials_more, _ = study_runs(result.tracking_uri, "smoke")
+    assert more.parent_run_id == result.parent_run_id and len(more.trials) == 6 and len(trials_more) == 6
+    assert {r.info.run_id for r in trials} < {r.info.run_id for r in trials_more}  # the first four untouched
+    assert {r["trial_id"] for r in result.trials} < {r["trial_id"] for r in more.trials}
+
     # The same study against another tracking store would keep Tune's trials but record none of them.
     elsewhere = dataclasses.replace(cfg, tracking_uri=f"sqlite:///{tmp_path}/elsewhere.db")
     with pytest.raises(UserError, match="not in the tracking store"):

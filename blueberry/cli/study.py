@@ -115,7 +115,8 @@ class Study:
         parser.add_argument("--train-tokens", type=positive_int,
                             help="budget per trial, in the task's units (tokens for the language model)")
         parser.add_argument("--batch-size", type=positive_int, help="samples (sequences) per step for every trial")
-        parser.add_argument("--trials", type=positive_int, help="number of trials")
+        parser.add_argument("--trials", type=positive_int, help="number of trials (default: the scale's); asking a "
+                                                                "study for more continues it with the new ones only")
         parser.add_argument("--name", type=non_empty,
                             help="the resume key (default: the study, preset and the settings' key)")
         parser.add_argument("--storage", help="Ray storage path or URI, shared by every node (default: ray_results "
@@ -176,7 +177,8 @@ class Study:
         grid = self.grid(args, base, scale)
         # The tracking store is part of a study's identity: the same settings recorded elsewhere are
         # another study, not one to restore from Ray storage that the new store has never seen.
-        settings = {"study": self.experiment, "trials": trials, "seed": args.seed, "grid": grid, "data": args.data,
+        # --trials is not part of it: asking a study for more trials continues it (the new ones only).
+        settings = {"study": self.experiment, "seed": args.seed, "grid": grid, "data": args.data,
                     "tracking": absolute_uri(tracking_uri(args.tracking_uri))}
         return SweepConfig(
             experiment=self.experiment, name=args.name or self.default_name(preset_name, base, settings),

@@ -28,6 +28,7 @@ and a study's flag errors and `--help` should answer at once.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from blueberry.platform.cluster import (connect, driver_lock, ray_checkpoint, re
                                         storage_path)
 from blueberry.platform.data import data_key, open_shared
 from blueberry.platform.report import close_trial_runs, save_study_view, trial_run_name, write_summary
-from blueberry.platform.search import apply_params, flat_overrides
+from blueberry.platform.search import apply_params, flat_overrides, is_config_key
 from blueberry.platform.tracking import (CONFIG_TAG, KIND_TAG, STUDY_TAG, TRIAL_TAG, MlflowTracker, aborted_status,
                                          absolute_uri, client, close_open_runs, ensure_experiment, find_run,
                                          tracking_uri)
@@ -321,21 +322,64 @@ def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concur
                            parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])),
                            data_key=data_key(data))
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, context=context), resources)
-    if restoring:
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(trainable, param_space=_param_space(cfg), tune_config=_tune_config(cfg, base, concurrent),
-                           run_config=tune.RunConfig(
-                               name=cfg.name, storage_path=storage, verbose=1,
-                               failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    results = tuner.fit()
+    rows: list[dict[str, Any]] = []
+    # One Tune experiment per request for trials: the first run's, then one more each time the study
+    # is run again asking for more (`--trials 12` after 8 trains 4 more, searching on from the 8).
+    for index, size in enumerate(_trial_segments(mlflow_client, parent_run_id, cfg)):
+        name = cfg.name if index == 0 else f"{cfg.name}+{index}"
+        segment = f"{storage.rstrip('/')}/{name}"
+        if (restoring if index == 0 else _can_restore(segment)):
+            tuner = tune.Tuner.restore(segment, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=_param_space(cfg),
+                               tune_config=_tune_config(cfg, base, concurrent, size, rows),
+                               run_config=tune.RunConfig(
+                                   name=name, storage_path=storage, verbose=1,
+                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        rows += close_trial_runs(mlflow_client, experiment_id, cfg.name, tuner.fit(), cfg.metric)
 
-    rows = close_trial_runs(mlflow_client, experiment_id, cfg.name, results, cfg.metric)
     data_label = cfg.data if isinstance(cfg.data, str) else type(cfg.data).__name__
     best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
                          params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label})
     return rows, best, save_study_view(mlflow_client, experiment_id, cfg.name, cfg.metric, rows)
+
+
+SEGMENTS_TAG = "blueberry.trial_segments"  # on the parent run: the trials of each of the study's Tune experiments
+
+
+def _trial_segments(mlflow_client: Any, parent_run_id: str, cfg: SweepConfig) -> list[int]:
+    """How many trials each Tune experiment of the study holds, with one more experiment when `cfg`
+    asks for more trials than they add up to (asking for fewer runs none and drops none). Recorded
+    before any experiment starts, so a driver killed in a new one finds it again."""
+    recorded = mlflow_client.get_run(parent_run_id).data.tags.get(SEGMENTS_TAG)
+    segments = json.loads(recorded) if recorded else [cfg.trials]
+    if cfg.grid is None and cfg.trials > sum(segments):
+        segments.append(cfg.trials - sum(segments))
+    mlflow_client.set_tag(parent_run_id, SEGMENTS_TAG, json.dumps(segments))
+    return segments
+
+
+def _prior_study(cfg: SweepConfig, rows: list[dict[str, Any]]) -> Any:
+    """An Optuna storage holding the trials already run, so TPE searches on from them: each row's
+    searched values replayed through the search space (which gives their distributions), with its
+    metric. Trials without a finite metric (failed) or outside the space are left out."""
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=OPTUNA_STUDY, direction="minimize")
+    for row in rows:
+        point = {key: value for key, value in row.items() if is_config_key(key)}
+        if not math.isfinite(row.get(cfg.metric, math.nan)):
+            continue
+        fixed = optuna.trial.FixedTrial(point)
+        try:
+            cfg.space(fixed)
+            study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
+                                                      value=float(row[cfg.metric])))
+        except ValueError:  # outside the space (a baseline beyond its range, a space changed since): Optuna
+            continue  # cannot hold it as evidence about the space
+    return storage
 
 
 def _param_space(cfg: SweepConfig) -> dict[str, Any]:
@@ -344,7 +388,12 @@ def _param_space(cfg: SweepConfig) -> dict[str, Any]:
     return {key: tune.grid_search(values) for key, values in cfg.grid.items()} if cfg.grid else {}
 
 
-def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
+OPTUNA_STUDY = "optuna"  # the name Ray's OptunaSearch gives its in-memory study
+
+
+def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int, trials: int,
+                 prior: list[dict[str, Any]]) -> Any:
+    """Tune's settings for an experiment of `trials` trials, searching on from the `prior` rows."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -359,12 +408,14 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int) -> Any:
     # Optuna's default is 10 random trials before TPE models anything, which would make any study of
     # 10 trials or fewer a random search; a third of the budget (at least 2) leaves room to exploit.
     startup = max(2, min(10, cfg.trials // 3))
-    search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode="min", seed=cfg.seed,
-                          sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup),
-                          points_to_evaluate=[cfg.baseline] if cfg.baseline else None)
+    search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode="min", seed=cfg.seed + len(prior),
+                          sampler=optuna.samplers.TPESampler(seed=cfg.seed + len(prior), n_startup_trials=startup),
+                          points_to_evaluate=[cfg.baseline] if cfg.baseline and not prior else None,
+                          storage=_prior_study(cfg, prior) if prior else None,
+                          study_name=OPTUNA_STUDY if prior else None)
     asha = ProvisionalASHA if cfg.provisional_promotions else ASHAScheduler
     scheduler = asha(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
                      grace_period=asha_grace_tokens(base.train, units_per_sample, cfg.grace_fraction),
                      reduction_factor=cfg.reduction_factor)
-    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.trials,
+    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials,
                            max_concurrent_trials=concurrent)
