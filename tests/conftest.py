@@ -36,7 +36,7 @@ def builtin_data(builtin_dir: Path):
     return TokenShards.open(builtin_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quick_train() -> TrainConfig:
     """A few seconds of `tiny` training on CPU."""
     return TrainConfig(train_tokens=12 * 4 * TEST_SEQ_LEN, batch_size=4, eval_every=6, eval_tokens=8 * TEST_SEQ_LEN,

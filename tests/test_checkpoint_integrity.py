@@ -48,6 +48,15 @@ def _sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(builtin_data, quick_train):
+    """The reference every resumed run must end as: the same config, trained without a stop (the
+    checkpoint cadence the tests set only observes a run)."""
+    from blueberry.models.lm.config import tiny
+
+    return train(LMTask(tiny()), quick_train, builtin_data)
+
+
 @pytest.fixture
 def interrupted(tiny_model, builtin_data, quick_train, tmp_path):
     """A run of 12 steps killed after step 11, with checkpoints at steps 4 and 8."""
@@ -60,7 +69,7 @@ def interrupted(tiny_model, builtin_data, quick_train, tmp_path):
 
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_ends_as_an_uninterrupted_run(
-        damage, interrupted, tiny_model, builtin_data, caplog):
+        damage, interrupted, uninterrupted, tiny_model, builtin_data, caplog):
     cfg, directory = interrupted
     latest = checkpoint_path(directory, 8)
     damage(latest)
@@ -70,7 +79,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_ends_as_an_u
     checkpointer = Checkpointer(directory, every=4)
     with caplog.at_level(logging.WARNING):
         resumed = train(LMTask(tiny_model), cfg, builtin_data, [checkpointer])
-    reference = train(LMTask(tiny_model), cfg, builtin_data)
+    reference = uninterrupted
 
     assert checkpointer.resumed_from == checkpoint_path(directory, 4)
     assert checkpointer.set_aside == [directory / "step-00000008.pt.damaged"]
@@ -153,7 +162,7 @@ class SignalAt(Hook):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_the_step_under_way_and_the_rerun_ends_as_an_uninterrupted_run(
-        signum, tiny_model, builtin_data, quick_train, tmp_path):
+        signum, tiny_model, builtin_data, quick_train, uninterrupted, tmp_path):
     cfg = replace(quick_train, checkpoint_every=0)  # no periodic checkpoints: only the signal's
     checkpointer = Checkpointer(tmp_path, every=0)
     previous = signal.getsignal(signum)
@@ -163,7 +172,7 @@ def test_a_signal_saves_the_step_under_way_and_the_rerun_ends_as_an_uninterrupte
     assert [p.name for p in tmp_path.glob("step-*.pt")] == ["step-00000007.pt"]
     resumed = Checkpointer(tmp_path)
     result = train(LMTask(tiny_model), cfg, builtin_data, [resumed])
-    reference = train(LMTask(tiny_model), cfg, builtin_data)
+    reference = uninterrupted
     assert resumed.resumed_from.name == "step-00000007.pt"
     assert (result.train_loss, result.val.loss) == (reference.train_loss, reference.val.loss)
 
