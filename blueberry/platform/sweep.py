@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -360,7 +360,7 @@ def _trial_segments(mlflow_client: Any, parent_run_id: str, cfg: SweepConfig) ->
     return segments
 
 
-def _prior_study(cfg: SweepConfig, rows: list[dict[str, Any]]) -> Any:
+def _prior_study(cfg: SweepConfig, rows: Sequence[dict[str, Any]]) -> Any:
     """An Optuna storage holding the trials already run, so TPE searches on from them: each row's
     searched values replayed through the search space (which gives their distributions), with its
     metric. Trials without a finite metric (failed) or outside the space are left out."""
@@ -391,9 +391,10 @@ def _param_space(cfg: SweepConfig) -> dict[str, Any]:
 OPTUNA_STUDY = "optuna"  # the name Ray's OptunaSearch gives its in-memory study
 
 
-def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int, trials: int,
-                 prior: list[dict[str, Any]]) -> Any:
-    """Tune's settings for an experiment of `trials` trials, searching on from the `prior` rows."""
+def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int, trials: int | None = None,
+                 prior: Sequence[dict[str, Any]] = ()) -> Any:
+    """Tune's settings for an experiment of `trials` trials (default: the study's), searching on from
+    the `prior` rows."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -417,5 +418,5 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int, trials: int
     scheduler = asha(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
                      grace_period=asha_grace_tokens(base.train, units_per_sample, cfg.grace_fraction),
                      reduction_factor=cfg.reduction_factor)
-    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials,
+    return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials or cfg.trials,
                            max_concurrent_trials=concurrent)
