@@ -109,13 +109,17 @@ def test_step_info_is_complete(tiny_model, builtin_data, quick_train):
 def test_compile_warmup_is_untimed_and_leaves_training_unchanged(tiny_model, builtin_data, quick_train):
     eager, compiled = History(), History()
     cfg = replace(quick_train, eval_every=0)
-    train(LMTask(tiny_model), cfg, builtin_data, [eager])
+    plain = train(LMTask(tiny_model), cfg, builtin_data, [eager])
     result = train(LMTask(tiny_model), replace(cfg, compile=True), builtin_data, [compiled])
-    # Compilation happened in the untimed warm-up: the first timed step is an ordinary step, not one
-    # carrying seconds of compilation (whether Inductor's on-disk cache was warm or cold).
+    # Compilation happened in the untimed warm-up: what the first timed step costs beyond an ordinary
+    # step is small next to what compiling added to the setup (measured in this same run, so it holds
+    # with Inductor's on-disk cache warm or cold). Had the first step compiled instead, the setup would
+    # carry no compilation and the step all of it. (A threshold in ordinary steps, 3x a 0.18 s step,
+    # failed once under CPU contention on a 0.64 s first step.)
     step_times = np.diff([0.0] + [s.active_time_s for s in compiled.steps])
-    assert step_times[0] < 3 * np.median(step_times[1:])
-    assert result.setup_time_s > step_times[0]
+    compile_cost = result.setup_time_s - plain.setup_time_s
+    assert compile_cost > 0.5, compile_cost  # this test is the only one compiling: dynamo is cold here
+    assert step_times[0] - np.median(step_times[1:]) < 0.5 * compile_cost, (step_times, compile_cost)
     # The warm-up took no optimizer step and consumed no data: the same trajectory, to kernel rounding.
     for a, b in zip(eager.steps, compiled.steps):
         assert a.loss == pytest.approx(b.loss, rel=1e-4)
