@@ -78,11 +78,14 @@ def test_plan_and_hparams_output_in_a_missing_directory_is_refused_first(command
     assert f"--json {target}" in err and "does not exist" in err
 
 
-def test_a_plot_extension_matplotlib_cannot_write_is_refused_before_the_fit(runs_csv, tmp_path, no_fit, capsys):
+@pytest.mark.parametrize("command", [["fit"], ["plan", "--params", "1e9"]])
+def test_a_plot_extension_matplotlib_cannot_write_is_refused_before_the_fit(command, runs_csv, tmp_path, no_fit,
+                                                                             capsys):
     before = listing(tmp_path)
-    err = refused(["fit", "--csv", runs_csv, "--json", tmp_path / "law.json", "--plot", tmp_path / "law.xyz"], capsys)
+    err = refused([command[0], "--csv", runs_csv, *command[1:], "--json", tmp_path / "out.json",
+                   "--plot", tmp_path / "law.xyz"], capsys)
     assert ".xyz" in err and ".png" in err and ".svg" in err
-    assert listing(tmp_path) == before  # in particular no law.json without its plot
+    assert listing(tmp_path) == before  # in particular no JSON without its plot
 
 
 def with_samples(**samples) -> dict:

@@ -182,9 +182,11 @@ def test_cli_fit_json_plot_and_plan_from_it(tmp_path, capsys):
         assert set(payload[name]) >= {"estimate", "se", "ci"} and payload[name]["ci"][0] <= payload[name]["ci"][1]
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["law.json", "law.png", "runs.csv"]  # no temporary files left
-    assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9", "--json", "-"]) == 0
+    plan_png = tmp_path / "plan.svg"
+    assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9", "--json", "-", "--plot", str(plan_png)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["loss_ci"][0] <= plan["loss"] <= plan["loss_ci"][1]
+    assert b"<svg" in plan_png.read_bytes()[:500]  # the format follows the extension
 
 
 def test_cli_plan_chinchilla_headline(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import threading
@@ -56,6 +57,9 @@ def run_command(prog: str, body: Callable[[Sequence[str] | None], int | None],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`, which stopped reading: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 141
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -79,6 +83,11 @@ def _number(text: str, parse: Callable[[str], float], ok: Callable[[float], bool
 def positive_int(text: str) -> int:
     """argparse type for counts; accepts 500000 and 5e5."""
     return int(_number(text, float, lambda v: v > 0 and float(v).is_integer(), "a positive integer"))
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means off."""
+    return int(_number(text, float, lambda v: 0 <= v < math.inf and v == int(v), "an integer >= 0"))
 
 
 def positive_float(text: str) -> float:

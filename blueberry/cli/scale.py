@@ -86,6 +86,8 @@ def build_parser() -> ArgumentParser:
     plan.add_argument("--hparams", type=Path, help="an `hparams --json` file (default: DeepSeek's AdamW laws)")
     plan.add_argument("--vocab", type=int, default=49152, help="vocabulary of the planned model (default 49152)")
     plan.add_argument("--json", nargs="?", const="-", metavar="FILE")
+    plan.add_argument("--plot", type=Path, metavar="FILE.png",
+                      help="draw the plan on the law's loss-compute plane (with --csv/--experiment: and the runs)")
     return parser
 
 
@@ -262,19 +264,20 @@ def cmd_hparams(args) -> None:
 
 
 def load_law(args):
-    """(law, bootstrap samples or None, description) from --law or a fit of --csv/--experiment."""
+    """(law, bootstrap samples or None, description, the fitted points or None) from --law or a fit of
+    --csv/--experiment."""
     from blueberry.scaling.fit import bootstrap_law, fit_law
     from blueberry.scaling.law import Law, read_law_json
 
     if args.law == "chinchilla":
-        return Law(**{k: v[0] for k, v in CHINCHILLA.items()}), None, "Chinchilla (Epoch AI 2024 refit)"
+        return Law(**{k: v[0] for k, v in CHINCHILLA.items()}), None, "Chinchilla (Epoch AI 2024 refit)", None
     if args.law:
         law, samples = read_law_json(Path(args.law))
-        return law, samples, args.law
+        return law, samples, args.law, None
     args.params_col, args.tokens_col, args.flops_col, args.loss_col = "N", None, None, None
     points, source = load_points(args)
     fit = fit_law(points)
-    return fit.law, bootstrap_law(points, fit, 200).samples, f"fit of {source}"
+    return fit.law, bootstrap_law(points, fit, 200).samples, f"fit of {source}", points
 
 
 def plan_text(plan, law_source: str) -> str:
@@ -311,6 +314,11 @@ def cmd_plan(args) -> None:
     from blueberry.scaling.plan import Target, make_plan
 
     check_output(args.json, "--json")
+    check_output(args.plot, "--plot")
+    if args.plot:
+        from blueberry.scaling.plots import image_format, render_law
+
+        plot_format = image_format(args.plot)
     architecture = None
     params = args.params
     if args.preset:
@@ -324,12 +332,15 @@ def cmd_plan(args) -> None:
             hparams = HparamLaws.from_dict(json.loads(Path(args.hparams).read_text()))
         except (OSError, ValueError, KeyError, TypeError):  # ValueError: not UTF-8, not JSON
             raise UserError(f"{args.hparams} is not a readable `blueberry-scale hparams --json` file") from None
-    law, samples, law_source = load_law(args)  # last: with --csv/--experiment it fits and bootstraps
+    law, samples, law_source, points = load_law(args)  # last: with --csv/--experiment it fits and bootstraps
     plan = make_plan(law, target, samples, hparams, vocab_size=args.vocab, architecture=architecture)
+    image = render_law(points, law, plot_format, plan) if args.plot else None
     if args.json != "-":
         print(plan_text(plan, law_source))
     if args.json:
         _emit_json(plan.to_dict(), args.json)
+    if image is not None:
+        _write(args.plot, image)
 
 
 def main_body(argv: Sequence[str] | None) -> int:

@@ -73,6 +73,8 @@ class TrainState:
         return self.loss_ema / self.ema_weight if self.ema_weight else math.nan
 
     def record_loss(self, loss: float, smoothing: float) -> None:
+        """One step's loss into the smoothed loss: an EMA with factor `smoothing`, bias-corrected so the
+        first step's value is that step's loss. It trails a falling loss (see `ema_lag`)."""
         self.first_loss = loss if self.first_loss is None else self.first_loss
         self.loss_ema = smoothing * self.loss_ema + (1 - smoothing) * loss
         self.ema_weight = smoothing * self.ema_weight + (1 - smoothing)
@@ -110,3 +112,14 @@ class TrainState:
                               f"{str(err).splitlines()[0][:200] if str(err) else '-'}): it is damaged") from None
         for name in self.COUNTERS:
             setattr(self, name, payload[name])
+
+
+def ema_lag(steps: int, smoothing: float) -> float:
+    """How many steps the bias-corrected EMA of `steps` losses trails the latest: the mean age of the
+    losses it averages, weights (1 - b) b^k / (1 - b^steps) for age k. On a loss that changes linearly
+    the EMA equals the loss `ema_lag` steps ago exactly, so a plot draws it there; 0 after one step, b / (1 - b)
+    (9 steps for the default 0.9) once warmed up."""
+    b = smoothing
+    if steps <= 1 or b == 0:
+        return 0.0
+    return b * (1 - steps * b ** (steps - 1) + (steps - 1) * b ** steps) / ((1 - b) * (1 - b ** steps))

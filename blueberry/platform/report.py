@@ -1,7 +1,7 @@
 """A study's summary, written by the driver: each trial's final status in MLflow, the parent run's
-trials.csv, best_config.json and plots, and the study's view in the MLflow UI. (MLflow's entities are
-imported where they are used, like `blueberry.platform.tracking` does, to keep MLflow's import off the
-start-up path.)"""
+trials.csv, best_config.json and plots (drawn by `blueberry.platform.study_plots`), and the study's view
+in the MLflow UI. (MLflow's entities are imported where they are used, like `blueberry.platform.tracking`
+does, to keep MLflow's import off the start-up path.)"""
 
 from __future__ import annotations
 
@@ -13,15 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from blueberry.models.run import RunConfig  # noqa: E402
-from blueberry.platform.search import apply_params, flat_overrides, is_config_key  # noqa: E402
-from blueberry.platform.tracking import (KIND_TAG, PRIMARY_METRIC_TAG, RUN_COLOR_TAG, STATUS_TAG,  # noqa: E402
-                                         STUDY_TAG, TRIAL_TAG, find_run, save_view)
+from blueberry.models.run import RunConfig
+from blueberry.platform.search import apply_params, flat_overrides, is_config_key
+from blueberry.platform.study_plots import curves_figure, joint_figure, params_figure, save_figure
+from blueberry.platform.tracking import (KIND_TAG, PRIMARY_METRIC_TAG, RUN_COLOR_TAG, STATUS_TAG, STUDY_TAG,
+                                         TRIAL_TAG, find_run, save_view)
 
 # Distinct colours for the trials' lines in the UI's charts (matplotlib's tab10), where MLflow's own,
 # hashed from run ids, often repeat one hue.
@@ -54,15 +50,16 @@ def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
 
 
 def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, metric: str = "val_loss",
-                     ) -> list[dict[str, Any]]:
+                     first_index: int = 0) -> list[dict[str, Any]]:
     """One row per trial; each trial's MLflow run gets its final status (trials ASHA stopped cannot
     close their own runs: Tune ends them mid-step), its outcome in its name, and the study's `metric`
     as Tune last saw it (the loss where ASHA stopped it, for a trial stopped early; none for a trial
-    that diverged or failed)."""
+    that diverged or failed). `first_index` numbers the trials after those of the study's earlier Tune
+    experiments, for their colours."""
     from mlflow.entities import Metric
 
     rows = []
-    for index, result in enumerate(results):
+    for index, result in enumerate(results, start=first_index):
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         status = trial_status(metrics, result.error)
@@ -102,63 +99,30 @@ def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     return None
 
 
-def _searched_keys(rows: list[dict[str, Any]]) -> list[str]:
-    return sorted({k for r in rows for k in r if is_config_key(k)})
-
-
-def _plot_params(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    keys = _searched_keys(rows)
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5 * max(1, len(keys)), 4), dpi=100, squeeze=False)
-    colors = {"finished": "tab:blue", "stopped_early": "tab:gray", "diverged": "tab:red", "failed": "black"}
-    for ax, key in zip(axes[0], keys):
-        for status, color in colors.items():
-            points = [(r[key], r[metric]) for r in rows if r["status"] == status and key in r
-                      and math.isfinite(r[metric]) and r.get("diverged", 0) == 0]
-            if points:
-                if isinstance(points[0][0], str):
-                    points = [(str(x), y) for x, y in points]
-                ax.scatter(*zip(*points), color=color, label=status.replace("_", " "), s=25)
-        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-        if values and min(values) > 0 and max(values) / min(values) > 10:
-            ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _plot_curves(client: Any, rows: list[dict[str, Any]], path: Path, unit: str) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for row in rows:
+def _learning_curves(client: Any, rows: list[dict[str, Any]], metric: str, path: Path, unit: str) -> Path:
+    """Each trial's validation loss from its MLflow run, named as the run is (by its searched values) and
+    in its colour in the UI's charts; the legend lists the trials that ran their whole budget first, best
+    first."""
+    curves = []
+    for index, row in enumerate(rows):
         if row["mlflow_run_id"] is None:
             continue
         history = sorted(client.get_metric_history(row["mlflow_run_id"], "val/loss"), key=lambda m: m.step)
         tokens = {m.step: m.value for m in client.get_metric_history(row["mlflow_run_id"], "val/tokens")}
         points = [(tokens.get(m.step, math.nan), m.value) for m in history if m.value < 50]
-        if points:
-            style = "-" if row["status"] == "finished" else ":"
-            ax.plot(*zip(*points), style, marker=".", label=f"{row['trial_id']} ({row['status']})")
-    ax.set_xlabel(f"{unit} seen")
-    ax.set_ylabel("validation loss")
-    ax.set_title("learning curves (dotted: stopped early or diverged)")
-    ax.grid(alpha=0.3)
-    if len(rows) <= 16 and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        params = {k: v for k, v in row.items() if is_config_key(k)}
+        name = trial_run_name(params, row["status"]) if params else row["trial_id"]
+        value = row[metric] if math.isfinite(row[metric]) else math.inf
+        order = (("finished", "stopped_early", "diverged", "failed").index(row["status"]), value)
+        curves.append((order, (name, row["status"], RUN_COLORS[index % len(RUN_COLORS)], points)))
+    return save_figure(curves_figure([curve for _, curve in sorted(curves, key=lambda c: c[0])], unit), path)
 
 
 def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], metric: str, base: RunConfig,
-                  params: dict[str, Any]) -> dict[str, Any] | None:
-    """trials.csv, best_config.json and two plots on the parent run; best metrics as its metrics and
-    `params` (what the study was run with) as its params."""
+                  params: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """trials.csv, best_config.json and the plots (`study_plots`) on the parent run; best metrics as its
+    metrics and `params` (what the study was run with) as its params. `baseline` is the point the study
+    evaluated first, marked in the plots."""
     from mlflow.entities import Metric, Param
 
     best = best_row(rows, metric)
@@ -169,8 +133,11 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], m
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows({k: csv_value(k, v) for k, v in row.items()} for row in rows)
-        artifacts = [tmp_path / "trials.csv", _plot_params(rows, metric, tmp_path / "loss_vs_params.png"),
-                     _plot_curves(client, rows, tmp_path / "learning_curves.png", base.task().unit)]
+        artifacts = [tmp_path / "trials.csv",
+                     save_figure(params_figure(rows, metric, baseline, best), tmp_path / "loss_vs_params.png"),
+                     _learning_curves(client, rows, metric, tmp_path / "learning_curves.png", base.task().unit)]
+        if joint := joint_figure(rows, metric, baseline, best):
+            artifacts.append(save_figure(joint, tmp_path / "joint.png"))
         if best is not None:
             best_params = {k: v for k, v in best.items() if is_config_key(k)}
             run = apply_params(base, best_params)

@@ -337,11 +337,11 @@ def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concur
                                    name=name, storage_path=storage, verbose=1,
                                    failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        rows += close_trial_runs(mlflow_client, experiment_id, cfg.name, tuner.fit(), cfg.metric)
+        rows += close_trial_runs(mlflow_client, experiment_id, cfg.name, tuner.fit(), cfg.metric, len(rows))
 
     data_label = cfg.data if isinstance(cfg.data, str) else type(cfg.data).__name__
     best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
-                         params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label})
+                         params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label}, baseline=cfg.baseline)
     return rows, best, save_study_view(mlflow_client, experiment_id, cfg.name, cfg.metric, rows)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from blueberry.core.events import EvalInfo, RunResult, StepInfo
 from blueberry.core.hardware import device_name
 from blueberry.core.hooks import Hook
-from blueberry.core.state import TrainState
+from blueberry.core.state import TrainState, ema_lag
 from blueberry.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -251,6 +251,11 @@ class MlflowTracker(Hook):
             metrics["train/tokens_per_s_per_worker"] = info.tokens_per_s / self.workers
         self._log(metrics, info.step)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact on the run (samples of what the model writes, for one)."""
+        if self.run_id is not None:
+            self.client.log_text(self.run_id, text, artifact_file)
+
     def on_eval(self, info: EvalInfo, state: TrainState) -> None:
         if info.step <= self.logged_through["val"]:
             return
@@ -279,10 +284,13 @@ class MlflowTracker(Hook):
         from blueberry.platform.plots import loss_curve  # matplotlib: only when a run ends, not at start-up
         tokens_per_step = state.tokens_per_step
 
-        def points(key: str) -> list[tuple[float, float]]:
+        def points(key: str, lag=lambda step: 0.0) -> list[tuple[float, float]]:
             history = sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
-            return [(m.step * tokens_per_step, m.value) for m in history]
+            return [((m.step - lag(m.step)) * tokens_per_step, m.value) for m in history]
 
-        return loss_curve(points("train/loss"), points("train/smoothed_loss"), points("val/loss"), path,
+        # The smoothed loss at step s averages the losses before it: drawn at s, it sits above a falling
+        # raw loss by the slope times its lag; drawn where it is centred, it follows the raw loss's trend.
+        smoothed = points("train/smoothed_loss", lambda step: ema_lag(step, state.train.loss_smoothing))
+        return loss_curve(points("train/loss"), smoothed, points("val/loss"), path,
                           title=self.run_name, reference=self.reference_loss, unit=state.task.unit,
                           loss_name=state.task.loss_name)

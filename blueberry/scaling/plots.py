@@ -1,4 +1,5 @@
-"""The fitted law drawn: runs, loss-vs-compute curves at fixed N, and the compute-optimal frontier.
+"""The fitted law drawn: runs, loss-vs-compute curves at fixed N, the compute-optimal frontier and a
+plan's target.
 
 The image is rendered to bytes, so a caller checks the file name with `image_format` before any work
 and writes the file only once everything else has succeeded.
@@ -16,10 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from blueberry.errors import UserError  # noqa: E402
 from blueberry.scaling.fit import ScalingPoints  # noqa: E402
 from blueberry.scaling.law import Law  # noqa: E402
+from blueberry.scaling.plan import Plan  # noqa: E402
 
 
 def image_format(path: Path) -> str:
@@ -36,27 +40,66 @@ def image_format(path: Path) -> str:
     return fmt
 
 
-def render_law(points: ScalingPoints, law: Law, fmt: str = "png") -> bytes:
-    """The plot as the bytes of a `fmt` image (see `image_format`)."""
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
-    sc = ax.scatter(points.C, points.loss, c=np.log10(points.N), cmap="viridis", s=18, label="runs")
-    fig.colorbar(sc, ax=ax, label="log10 N (parameters)")
-    C = np.logspace(np.log10(points.C.min()) - 0.5, np.log10(points.C.max()) + 1.0, 200)
-    for N in np.logspace(np.log10(points.N.min()), np.log10(points.N.max()), 5):
-        ax.plot(C, law.loss(N, C / (6 * N)), color="gray", lw=0.8, alpha=0.7)
-        ax.annotate(f"N={N:.2g}", (C[-1], law.loss(N, C[-1] / (6 * N))), fontsize=7, color="gray")
-    optimal = [law.compute_optimal(c) for c in C]
-    ax.plot(C, [law.loss(n, d) for n, d in optimal], color="tab:red", lw=2, label="compute-optimal frontier")
-    ax.axhline(law.E, color="tab:red", ls=":", lw=1, label=f"E = {law.E:.3f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C = 6ND (FLOP)")
-    ax.set_ylabel("loss")
-    ax.set_title(f"L = {law.E:.3f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}"
-                 "   (gray: fixed N, more tokens)")
-    ax.legend(loc="upper right")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
+def render_law(points: ScalingPoints | None, law: Law, fmt: str = "png", plan: Plan | None = None) -> bytes:
+    """`law_figure` as the bytes of a `fmt` image (see `image_format`)."""
+    fig = law_figure(points, law, plan)
     image = io.BytesIO()
     fig.savefig(image, format=fmt)
     plt.close(fig)
     return image.getvalue()
+
+
+def law_figure(points: ScalingPoints | None, law: Law, plan: Plan | None = None) -> Figure:
+    """Loss against training compute, the
+    runs coloured by their size N, the law's loss at fixed N for a few sizes in the same colours (their
+    legend is the colour bar), the compute-optimal frontier, the irreducible loss E and, given `plan`, the
+    planned model with its interval beside the compute-optimal model at the same compute. The axes
+    cover the data and the plan, not the curves, which run off them."""
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110, layout="constrained")
+    sizes = [] if points is None else list(points.N)
+    computes = [] if points is None else list(points.C)
+    losses = [] if points is None else list(points.loss)
+    if plan is not None:
+        sizes += [plan.N, plan.optimal_N]
+        computes.append(plan.C)
+        losses += [plan.loss, plan.optimal_loss, *(plan.loss_ci or ())]
+    c_low, c_high = min(computes), max(computes)
+    if c_high / c_low < 1e3:  # a plan alone, or a narrow grid: show three decades around it
+        middle = np.sqrt(c_low * c_high)
+        c_low, c_high = min(c_low, middle / 10 ** 1.5), max(c_high, middle * 10 ** 1.5)
+    C = np.logspace(np.log10(c_low) - 0.2, np.log10(c_high) + 0.2, 300)
+    frontier = np.array([law.loss(*law.compute_optimal(c)) for c in C])
+    if points is None:  # the frontier across the axes gives them their loss range
+        losses += [float(frontier.min()), float(frontier.max())]
+    norm = LogNorm(min(sizes + [law.compute_optimal(C[0])[0]]), max(sizes + [law.compute_optimal(C[-1])[0]]))
+    cmap = plt.get_cmap("viridis")
+    for N in np.geomspace(norm.vmin, norm.vmax, 6):
+        ax.plot(C, law.loss(N, C / (6 * N)), color=cmap(norm(N)), lw=1, alpha=0.55)
+    ax.plot(C, frontier, color="black", lw=2.2, label="compute-optimal frontier")
+    if points is not None:
+        ax.scatter(points.C, points.loss, c=points.N, cmap=cmap, norm=norm, s=22, edgecolor="white",
+                   linewidth=0.4, zorder=3, label=f"runs ({len(points.N)})")
+    ax.axhline(law.E, color="gray", ls=":", lw=1.2, label=f"irreducible loss E = {law.E:.3f}")
+    if plan is not None:
+        ax.plot(C, law.loss(plan.N, C / (6 * plan.N)), color="tab:red", ls="--", lw=1.2,
+                label=f"the planned size N = {plan.N:.3g} at other token counts")
+        ci = np.array([[plan.loss - plan.loss_ci[0]], [plan.loss_ci[1] - plan.loss]]) if plan.loss_ci else None
+        ax.errorbar([plan.C], [plan.loss], yerr=ci, fmt="*", ms=16, color="tab:red", mec="black", capsize=4, zorder=5,
+                    label=f"plan: N = {plan.N:.3g}, D = {plan.D:.3g}, loss {plan.loss:.3f}")
+        if plan.N / plan.optimal_N > 1.01 or plan.optimal_N / plan.N > 1.01:
+            ax.plot([plan.C], [plan.optimal_loss], "o", ms=9, mfc="none", mec="tab:red", mew=1.8, zorder=5,
+                    label=f"compute-optimal at the same C: N = {plan.optimal_N:.3g}, loss {plan.optimal_loss:.3f}")
+    low, high = min(losses + [law.E]), max(losses)
+    span = high - low
+    ax.set_ylim(low - 0.08 * span, high + 0.12 * span)
+    ax.set_xlim(C[0], C[-1])
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute C = 6ND (FLOP)")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(f"L(N, D) = {law.E:.3f} + {law.A:.4g} / N^{law.alpha:.3f} + {law.B:.4g} / D^{law.beta:.3f}",
+                 fontsize=11)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                 label="parameters N (runs, and the thin lines: the law at fixed N)")
+    ax.legend(loc="upper right", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
