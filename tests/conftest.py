@@ -58,3 +58,15 @@ def ray_local():
                           "py_modules": [str(Path(__file__).parent / "toy")]})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def quick_run_dir(builtin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(runs dir, run name) of a few seconds of `blueberry-train` on the built-in data, untracked:
+    what `blueberry-generate`, `blueberry-eval` and `blueberry-export` open by `--run`."""
+    from blueberry.cli.train import main as train_main
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    assert train_main(["--data", str(builtin_dir), "--train-tokens", "40960", "--batch-size", "4", "--eval-every", "0",
+                       "--no-track", "--no-progress", "--runs-dir", str(runs_dir), "--run-name", "quick"]) == 0
+    return runs_dir, "quick"

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, positive_float, positive_int,
-                                  run_command, seed)
+from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, non_negative_int, positive_float,
+                                  positive_int, run_command, seed)
 from blueberry.core.config import OPTIMIZER_KINDS, PRECISION_KINDS, SCHEDULE_KINDS, TrainConfig, replace
 from blueberry.core.events import RunResult
 from blueberry.core.hardware import resolve_device
@@ -82,6 +82,11 @@ def build_parser() -> ArgumentParser:
                                                "sqlite:///mlflow.db)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--sample-prompt", action="append", type=non_empty, metavar="TEXT",
+                        help="a prompt whose greedy continuation is logged to MLflow at each evaluation "
+                             "(repeatable; default: three built-in prompts)")
+    parser.add_argument("--sample-tokens", type=non_negative_int, default=48,
+                        help="tokens generated per sample prompt (0: no samples)")
     return parser
 
 
@@ -189,7 +194,8 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
         reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
     # StopOnSignal last: on Ctrl-C every other hook has seen the step it saves.
     progress = [] if args.no_progress else [ProgressBar()]
-    hooks = Hooks([checkpointer, tracker, *progress, StopOnSignal(checkpointer)])
+    samples = sample_logger(args, run, data, tracker)
+    hooks = Hooks([checkpointer, tracker, *samples, *progress, StopOnSignal(checkpointer)])
     result = train(run.task(), train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:
         print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)
@@ -199,6 +205,22 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
         write_atomic(result_file, json.dumps({"name": name, **result.metrics()}, indent=2))
     print(summary(name, run_dir, result, uri))
     return 0
+
+
+def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> list[Any]:
+    """The hook that logs samples at evaluations, for a tracked language-model run whose tokenizer
+    loads here (a hub tokenizer offline does not: the run trains without samples and says so)."""
+    if args.sample_tokens == 0 or not hasattr(tracker, "log_text") or run.task().kind != "lm":
+        return []
+    from blueberry.platform.data import load_tokenizer
+    from blueberry.models.lm.samples import DEFAULT_PROMPTS, SampleLogger
+
+    try:
+        tokenizer = load_tokenizer(data.manifest.tokenizer.name)
+    except UserError as err:
+        print(f"{PROG}: no samples at evaluations: {err}", file=sys.stderr)
+        return []
+    return [SampleLogger(tokenizer, tracker.log_text, args.sample_prompt or DEFAULT_PROMPTS, args.sample_tokens)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

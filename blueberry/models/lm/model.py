@@ -46,11 +46,53 @@ def rotary_tables(head_dim: int, seq_len: int, base: float,
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[i], x[i + D/2]) of x (B, H, T, D) by the position's angles."""
+    """Rotate pairs (x[i], x[i + D/2]) of x (B, H, T, D) by the position's angles: cos and sin (T, D/2),
+    or (B, 1, T, D/2) when each sequence has its own positions (decoding left-padded prompts)."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for decoding, preallocated for `max_len` positions: prefill
+    writes the prompts' keys, each decode step one more. Prompts of different lengths are left-padded:
+    row b's first `pad[b]` slots are padding, masked out of attention, and its RoPE positions count
+    from its first real token, so each row decodes exactly as it would alone."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, pad: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if max_len > cfg.seq_len:
+            raise ValueError(f"a cache of {max_len} positions exceeds the model's seq_len {cfg.seq_len}")
+        shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
+        self.length = 0  # slots written, padding included; the same for every row
+        self.max_len = max_len
+
+    def positions(self, T: int) -> torch.Tensor:
+        """RoPE positions of the next T slots, (B, T): slot index minus the row's padding (padding
+        slots get position 0; they are never attended to)."""
+        slots = torch.arange(self.length, self.length + T, device=self.pad.device)
+        return (slots[None, :] - self.pad[:, None]).clamp(min=0)
+
+    def mask(self, T: int) -> torch.Tensor:
+        """(B, 1, T, length + T), True where a query may attend: causal, and never to padding (a
+        padding slot attends to itself alone, so its row of scores is never empty)."""
+        query = torch.arange(self.length, self.length + T, device=self.pad.device)[:, None]  # (T, 1)
+        key = torch.arange(self.length + T, device=self.pad.device)[None, :]  # (1, S)
+        real = key[None] >= self.pad[:, None, None]  # (B, 1, S)
+        return ((key <= query)[None] & (real | (key == query)[None]))[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the next T slots' keys and values (B, KV, T, D) of `layer`; all of the layer's so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; writing up to {end}")
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
 class Attention(nn.Module):
@@ -64,15 +106,22 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[KVCache, int, torch.Tensor] | None = None) -> torch.Tensor:
+        """`cache`: (the cache, this layer's index, the attention mask) when decoding."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)  # (B, H, T, D)
+        gqa = self.n_kv_heads != self.n_heads
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, H, T, D)
+        else:
+            kv_cache, layer, mask = cache
+            k, v = kv_cache.update(layer, k, v)  # (B, KV, S, D): every slot so far
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -125,8 +174,9 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.is_moe else MLP(cfg.d_model, cfg.d_ff, cfg.mlp)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[KVCache, int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         if isinstance(self.mlp, MoE):
             mlp_out, aux = self.mlp(self.mlp_norm(x))
         else:
@@ -157,16 +207,28 @@ class Blueberry(nn.Module):
             else:
                 nn.init.normal_(p, std=INIT_STD)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> ModelOutput:
+        """Logits for `input_ids` (B, T); with `cache`, for the T tokens after those already in it (prefill
+        then one token a step), which it then holds too."""
         T = input_ids.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds the model's seq_len {self.cfg.seq_len}")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(input_ids)  # (B, T, C)
         aux_loss = x.new_zeros((), dtype=torch.float32)
-        for block in self.blocks:
-            x, aux = block(x, cos, sin)
-            aux_loss = aux_loss + aux
+        if cache is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+            for block in self.blocks:
+                x, aux = block(x, cos, sin)
+                aux_loss = aux_loss + aux
+        else:
+            positions = cache.positions(T)  # (B, T)
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D/2)
+            mask = cache.mask(T)
+            for layer, block in enumerate(self.blocks):
+                x, aux = block(x, cos, sin, (cache, layer, mask))
+                aux_loss = aux_loss + aux
+            cache.length += T
         logits = F.linear(self.final_norm(x), self.embed.weight)  # tied output head, (B, T, V)
         loss = None
         if targets is not None:

@@ -1,0 +1,117 @@
+"""Decoding a Blueberry language model: prefill then one token a step on a preallocated KV cache,
+batched prompts of different lengths (left-padded, each decoding as it would alone), and sampling
+(greedy, temperature, top-k, top-p) from a seeded generator, stopping at EOS or a token limit.
+
+Token ids in, token ids out: the tokenizer is the caller's (`blueberry.platform.inference`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from blueberry.errors import UserError
+from blueberry.models.lm.model import Blueberry, KVCache
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked. temperature 0 is greedy (argmax); top_k 0 and top_p 1 keep every
+    token. top-k then top-p are applied to the temperature-scaled distribution, as transformers does."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top-k must be >= 0 (0: off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of each row of `logits` (B, V): (B,) int64."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k and sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1:
+        # Keep the smallest set of most likely tokens whose probability reaches top_p (the first
+        # token always stays: its mass before it is 0).
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        mass_before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, mass_before >= sampling.top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decoding step: the token each row produced (B,), and which rows had already stopped
+    before it (their token is padding, not output)."""
+
+    tokens: torch.Tensor
+    done_before: torch.Tensor
+
+
+class Generator:
+    """Decodes with one model; `stream` yields each step, `generate` returns the finished sequences."""
+
+    def __init__(self, model: Blueberry, eos_id: int | None = None, pad_id: int = 0) -> None:
+        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def max_prompt_tokens(self, max_new_tokens: int) -> int:
+        """The longest prompt that leaves room for `max_new_tokens` in the model's context."""
+        room = self.model.cfg.seq_len - max_new_tokens
+        if room < 1:
+            raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context "
+                            f"of {self.model.cfg.seq_len} tokens: ask for fewer")
+        return room
+
+    @torch.inference_mode()
+    def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
+               seed: int | None = None) -> Iterator[Step]:
+        """Prefill the prompts (each truncated from the left to fit), then decode up to `max_new_tokens`
+        steps, stopping early once every row has produced EOS."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise UserError("every prompt needs at least one token")
+        room = self.max_prompt_tokens(max_new_tokens)
+        prompts = [list(p)[-room:] for p in prompts]
+        longest = max(len(p) for p in prompts)
+        pad = torch.tensor([longest - len(p) for p in prompts], device=self.device)
+        ids = torch.tensor([[self.pad_id] * (longest - len(p)) + p for p in prompts], device=self.device)
+        cache = KVCache(self.model.cfg, len(prompts), longest + max_new_tokens, pad, self.device, self.dtype)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+        logits = self.model(ids, cache=cache).logits[:, -1]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
+        filler = self.eos_id if self.eos_id is not None else self.pad_id  # what a stopped row is fed
+        for step in range(max_new_tokens):
+            token = torch.where(done, filler, sample(logits, sampling, generator))
+            yield Step(tokens=token, done_before=done.clone())
+            if self.eos_id is not None:
+                done |= token == self.eos_id
+            if step == max_new_tokens - 1 or bool(done.all()):
+                return
+            logits = self.model(token[:, None], cache=cache).logits[:, -1]
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
+                 seed: int | None = None) -> list[list[int]]:
+        """Each prompt's new tokens, up to and including its EOS."""
+        out: list[list[int]] = [[] for _ in prompts]
+        for step in self.stream(prompts, max_new_tokens, sampling, seed):
+            for row, (token, done) in enumerate(zip(step.tokens.tolist(), step.done_before.tolist())):
+                if not done:
+                    out[row].append(token)
+        return out
