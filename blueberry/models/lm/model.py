@@ -71,19 +71,27 @@ class KVCache:
         self.length = 0  # slots written, padding included; the same for every row
         self.max_len = max_len
 
-    def positions(self, T: int) -> torch.Tensor:
-        """RoPE positions of the next T slots, (B, T): slot index minus the row's padding (padding
-        slots get position 0; they are never attended to)."""
-        slots = torch.arange(self.length, self.length + T, device=self.pad.device)
-        return (slots[None, :] - self.pad[:, None]).clamp(min=0)
+        # Every slot's RoPE position and attention mask, computed once: a decode step slices them.
+        slots = torch.arange(max_len, device=self.pad.device)
+        # Slot index minus the row's padding (padding slots get position 0; nothing attends to them).
+        self.positions = (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, max_len)
+        # True where a query may attend: causal, and never to padding (a padding slot attends to
+        # itself alone, so its row of scores is never empty).
+        real = slots[None, None, :] >= self.pad[:, None, None]  # (B, 1, max_len)
+        causal = slots[None, :] <= slots[:, None]  # (query, key)
+        itself = torch.eye(max_len, dtype=torch.bool, device=self.pad.device)
+        self.masks = (causal[None] & (real | itself))[:, None]  # (B, 1, query, key)
+        self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def mask(self, T: int) -> torch.Tensor:
-        """(B, 1, T, length + T), True where a query may attend: causal, and never to padding (a
-        padding slot attends to itself alone, so its row of scores is never empty)."""
-        query = torch.arange(self.length, self.length + T, device=self.pad.device)[:, None]  # (T, 1)
-        key = torch.arange(self.length + T, device=self.pad.device)[None, :]  # (1, S)
-        real = key[None] >= self.pad[:, None, None]  # (B, 1, S)
-        return ((key <= query)[None] & (real | (key == query)[None]))[:, None]
+        """(B, 1, T, length + T): what the next T slots may attend to."""
+        return self.masks[:, :, self.length:self.length + T, :self.length + T]
+
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next T slots' RoPE cos and sin, (B, 1, T, D/2), from the model's tables by position."""
+        if self._rotary is None:
+            self._rotary = cos[self.positions][:, None], sin[self.positions][:, None]
+        return tuple(table[:, :, self.length:self.length + T] for table in self._rotary)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the next T slots' keys and values (B, KV, T, D) of `layer`; all of the layer's so far."""
@@ -222,8 +230,7 @@ class Blueberry(nn.Module):
                 x, aux = block(x, cos, sin)
                 aux_loss = aux_loss + aux
         else:
-            positions = cache.positions(T)  # (B, T)
-            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, D/2)
+            cos, sin = cache.rotary(self.rope_cos, self.rope_sin, T)  # (B, 1, T, D/2)
             mask = cache.mask(T)
             for layer, block in enumerate(self.blocks):
                 x, aux = block(x, cos, sin, (cache, layer, mask))
