@@ -88,7 +88,8 @@ def main() -> None:
                 times[name].append(seconds)
         rate = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
         same = bool(torch.equal(outputs["ours"], outputs["theirs"]))
-        print(f"{batch:>5} {rate['ours']:>16,.0f} {rate['theirs']:>19,.0f} {rate['ours'] / rate['theirs']:>6.2f}  {same}")
+        ratio = rate["ours"] / rate["theirs"]
+        print(f"{batch:>5} {rate['ours']:>16,.0f} {rate['theirs']:>19,.0f} {ratio:>6.2f}  {same}")
 
 
 if __name__ == "__main__":
