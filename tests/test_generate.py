@@ -164,7 +164,7 @@ def test_blueberry_generate_streams_a_trained_runs_text(quick_run_dir, capsys):
 
 
 @pytest.mark.slow
-def test_training_logs_samples_of_its_prompts_at_each_evaluation(builtin_dir, tmp_path, monkeypatch):
+def test_training_logs_samples_and_downstream_scores_at_evaluations(builtin_dir, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from blueberry.cli.train import main as train_main
@@ -174,7 +174,8 @@ def test_training_logs_samples_of_its_prompts_at_each_evaluation(builtin_dir, tm
     assert train_main(["--data", str(builtin_dir), "--train-tokens", "20480", "--batch-size", "4", "--eval-every", "10",
                        "--tracking-uri", uri, "--runs-dir", str(tmp_path / "runs"), "--run-name", "s", "--no-progress",
                        "--sample-prompt", "Once upon a time", "--sample-prompt", "The king",
-                       "--sample-tokens", "6"]) == 0
+                       "--sample-tokens", "6", "--eval-tasks", "cloze", "--eval-tasks-every", "10",
+                       "--eval-tasks-limit", "16"]) == 0
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("blueberry-train").experiment_id])
     files = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples"))
@@ -182,3 +183,8 @@ def test_training_logs_samples_of_its_prompts_at_each_evaluation(builtin_dir, tm
     text = Path(client.download_artifacts(run.info.run_id, files[-1], str(tmp_path))).read_text()
     assert text.startswith("step 20, 20,480 tokens, val loss ")
     assert "\n\nOnce upon a time" in text and "\n\nThe king" in text
+    # --eval-tasks: the downstream scores at their own cadence, beside the validation loss.
+    history = client.get_metric_history(run.info.run_id, "val/cloze/acc")
+    assert [m.step for m in history] == [10, 20] and all(0 <= m.value <= 1 for m in history)
+    assert train_main(["--data", str(builtin_dir), "--eval-tasks", "nope", "--no-track"]) == 2  # before training
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["s"]

@@ -87,6 +87,12 @@ def build_parser() -> ArgumentParser:
                              "(repeatable; default: three built-in prompts)")
     parser.add_argument("--sample-tokens", type=non_negative_int, default=48,
                         help="tokens generated per sample prompt (0: no samples)")
+    parser.add_argument("--eval-tasks", metavar="LIST",
+                        help="downstream tasks scored during training, as blueberry-eval's --tasks (e.g. cloze or "
+                             "cloze,hellaswag=FILE): logged as val/<task>/<metric>")
+    parser.add_argument("--eval-tasks-every", type=positive_int, default=500,
+                        help="optimizer steps between downstream evaluations (and after the last step)")
+    parser.add_argument("--eval-tasks-limit", type=positive_int, help="questions per task (default: all)")
     return parser
 
 
@@ -155,6 +161,10 @@ def main_body(argv: Sequence[str] | None) -> int:
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri is not None:
         check_uri(uri)
+    if args.eval_tasks:  # a task name or file that is wrong: answered before any training
+        from blueberry.platform.evaluation import parse_tasks
+
+        parse_tasks(args.eval_tasks)
     data = open_for(task, args.data, progress=not args.no_progress)
     name = args.run_name or f"{args.preset}-{run.key(data=data_key(data))}"
     run_dir = confined(args.runs_dir, name, "--run-name")
@@ -195,7 +205,8 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
     # StopOnSignal last: on Ctrl-C every other hook has seen the step it saves.
     progress = [] if args.no_progress else [ProgressBar()]
     samples = sample_logger(args, run, data, tracker)
-    hooks = Hooks([checkpointer, tracker, *samples, *progress, StopOnSignal(checkpointer)])
+    downstream = [downstream_eval(args, run, data, tracker)] if args.eval_tasks else []
+    hooks = Hooks([checkpointer, tracker, *samples, *downstream, *progress, StopOnSignal(checkpointer)])
     result = train(run.task(), train_cfg, data, hooks)
     if checkpointer.resumed_from is not None:
         print(f"resumed from {checkpointer.resumed_from}", file=sys.stderr)
@@ -221,6 +232,19 @@ def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: 
         print(f"{PROG}: no samples at evaluations: {err}", file=sys.stderr)
         return []
     return [SampleLogger(tokenizer, tracker.log_text, args.sample_prompt or DEFAULT_PROMPTS, args.sample_tokens)]
+
+
+def downstream_eval(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> Any:
+    """The hook that scores `--eval-tasks` on the model being trained and hands them to the tracker."""
+    from blueberry.models.lm.eval import DownstreamEval
+    from blueberry.platform.data import load_tokenizer
+    from blueberry.platform.evaluation import load_tasks, parse_tasks
+
+    if run.task().kind != "lm":
+        raise UserError("--eval-tasks scores language models; this run trains another kind")
+    tokenizer = load_tokenizer(data.manifest.tokenizer.name)
+    tasks = load_tasks(parse_tasks(args.eval_tasks), tokenizer, seq_len=run.model.seq_len, data=args.data)
+    return DownstreamEval(tasks, tokenizer, report=tracker, every=args.eval_tasks_every, limit=args.eval_tasks_limit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
