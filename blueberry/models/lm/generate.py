@@ -94,7 +94,7 @@ class Generator:
         if seed is not None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed)
-        logits = self.model(ids, cache=cache).logits[:, -1]
+        logits = self.model(ids, cache=cache, last_only=True).logits[:, -1]
         done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
         filler = self.eos_id if self.eos_id is not None else self.pad_id  # what a stopped row is fed
         for step in range(max_new_tokens):

@@ -216,9 +216,10 @@ class Blueberry(nn.Module):
                 nn.init.normal_(p, std=INIT_STD)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> ModelOutput:
+                cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
         """Logits for `input_ids` (B, T); with `cache`, for the T tokens after those already in it (prefill
-        then one token a step), which it then holds too."""
+        then one token a step), which it then holds too. `last_only`: logits for the last position alone
+        (B, 1, V), all that decoding needs of a prefill."""
         T = input_ids.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds the model's seq_len {self.cfg.seq_len}")
@@ -236,6 +237,10 @@ class Blueberry(nn.Module):
                 x, aux = block(x, cos, sin, (cache, layer, mask))
                 aux_loss = aux_loss + aux
             cache.length += T
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only computes one position's logits; a loss needs every position's")
+            x = x[:, -1:]
         logits = F.linear(self.final_norm(x), self.embed.weight)  # tied output head, (B, T, V)
         loss = None
         if targets is not None:
