@@ -42,6 +42,7 @@ from blueberry.core.hooks import Hook
 from blueberry.core.state import TrainState
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import UserError
+from blueberry.models.lm.generate import Generator, Sampling
 
 TARGET_DELIMITER = " "  # lm-eval's default `target_delimiter` between a query and its choice
 
@@ -135,23 +136,21 @@ class LMScorer:
 
     @torch.no_grad()
     def generate_until(self, context: str, until: Sequence[str] = (), max_new_tokens: int = 256) -> str:
-        """Greedy continuation of `context`, cut before the first of `until` (or at EOS).
-
-        One full forward per new token over the last `max_length` tokens: a reference, not an engine.
-        The KV-cache engine (`blueberry.models.lm.generate`) is the fast path to put behind this."""
+        """Greedy continuation of `context`, cut before the first of `until` (or at EOS), decoded on the
+        KV cache (`blueberry.models.lm.generate`). The context keeps its last tokens that leave room
+        for `max_new_tokens` (at most half the model's context)."""
         ids, new = self.encode(context) or [self.tokenizer.eos_id], []
+        engine = Generator(self.model, eos_id=self.tokenizer.eos_id)
         was_training = self.model.training
         self.model.eval()
         try:
-            for _ in range(max_new_tokens):
-                window = torch.tensor([ids[-self.max_length:]], device=self.device)
-                token = int(self.model(window).logits[0, -1].argmax())
+            steps = min(max_new_tokens, self.max_length // 2)
+            for step in engine.stream([ids], steps, Sampling(temperature=0)):
+                token = int(step.tokens[0])
                 if token == self.tokenizer.eos_id:
                     break
-                ids.append(token)
                 new.append(token)
-                text = self.tokenizer.decode(new)
-                if any(stop in text for stop in until):
+                if any(stop in self.tokenizer.decode(new) for stop in until):
                     break
         finally:
             self.model.train(was_training)
