@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Tests never reach a hub. Set before anything imports huggingface_hub, which reads these once, at
+# import: test modules that import transformers at collection would otherwise see them unset, and a
+# hub name would spend tens of seconds in retries before failing.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from blueberry.core.config import TrainConfig
-from blueberry.models.lm.config import tiny
+import pytest  # noqa: E402
+
+from blueberry.core.config import TrainConfig  # noqa: E402
+from blueberry.models.lm.config import tiny  # noqa: E402
 
 TEST_SEQ_LEN = 256
 
@@ -17,8 +23,6 @@ TEST_SEQ_LEN = 256
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("blueberry-cache")
     os.environ["BLUEBERRY_CACHE"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
     return cache
 
 
