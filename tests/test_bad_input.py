@@ -46,6 +46,13 @@ def cases(builtin: Path) -> dict[str, list[str]]:
         "scale plan --params 1e300": [*scale, "plan", "--law", "chinchilla", "--params", "1e300"],
         "data prepare --out a file": [*data, "prepare", "--out", "a-file", "--tokens", "5000"],
         "data info on a manifest that is a list": [*data, "info", "list-manifest"],
+        "generate --run that does not exist": [str(BIN / "blueberry-generate"), "--run", "nope", "--prompt", "x"],
+        "generate --checkpoint a text file": [str(BIN / "blueberry-generate"), "--checkpoint", "a-file", "--prompt", "x"],
+        "eval --tasks with a missing file": [str(BIN / "blueberry-eval"), "--run", "nope", "--tasks",
+                                             "hellaswag=missing.jsonl"],
+        "eval --tasks unknown": [str(BIN / "blueberry-eval"), "--checkpoint", "a-file", "--tasks", "mmlu"],
+        "export --out a file": [str(BIN / "blueberry-export"), "--run", "nope", "--out", "a-file"],
+        "export --run that does not exist": [str(BIN / "blueberry-export"), "--run", "nope", "--out", "out"],
     }
 
 

@@ -239,7 +239,12 @@ def test_help_says_every_default():
     import runpy
 
     study = runpy.run_path(str(REPO / "studies" / "lr_sweep.py"))["LrSweep"]()
-    parsers = [train_cli.build_parser(), study.parser()]
+    from blueberry.cli import eval as eval_cli
+    from blueberry.cli import export as export_cli
+    from blueberry.cli import generate as generate_cli
+
+    parsers = [train_cli.build_parser(), study.parser(), generate_cli.build_parser(), eval_cli.build_parser(),
+               export_cli.build_parser()]
     for cli in (data_cli, scale_cli):
         top = cli.build_parser()
         parsers += [p for a in top._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]

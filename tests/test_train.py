@@ -2,6 +2,7 @@
 accumulates gradients equivalently to a larger batch."""
 
 import dataclasses
+import datetime
 import json
 
 import numpy as np
@@ -177,6 +178,12 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "step-00000001.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_model(str(tmp_path))
+    (tmp_path / "step-00000001.pt").unlink()
+    torch.save({"model": {}, "step": 1, "tokens": 1, "code": datetime.timedelta(1)}, tmp_path / "step-00000001.pt")
+    with pytest.raises(UserError, match="not a checkpoint Blueberry wrote") as refused:  # a class a safe load refuses
+        load_model(str(tmp_path))
+    assert "weights_only=False" not in str(refused.value)  # never advice to run the file's code
+    (tmp_path / "step-00000001.pt").unlink()
     torch.save({"model": {}}, tmp_path / "step-00000002.pt")
     with pytest.raises(UserError, match="lacks step, tokens: it is damaged or not a Blueberry checkpoint"):
         load_model(str(tmp_path))

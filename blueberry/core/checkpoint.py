@@ -121,6 +121,10 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu", required: tu
         payload = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError) or reason.startswith("Weights only load failed"):
+            # torch's own message goes on to suggest weights_only=False, which would run the file's code.
+            reason = ("not a checkpoint Blueberry wrote (checkpoints load with weights_only=True, which reads "
+                      "tensors and plain data and never runs code from the file)")
         raise DamagedFile(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(payload, dict):
         raise DamagedFile(f"checkpoint {path} holds a {type(payload).__name__}, not a Blueberry checkpoint")
