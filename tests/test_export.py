@@ -326,10 +326,17 @@ def test_refused_destinations_are_one_line_and_touch_nothing(runs_dir, tmp_path,
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")
     assert export(busy) == 2 and "is not empty: pass --force" in one_line_error(capsys)
-    assert export(busy, "--force") == 2 and "is not a previous export" in one_line_error(capsys)
+    assert export(busy, "--force") == 2 and "is not a previous blueberry-export" in one_line_error(capsys)
+    # A model directory from elsewhere (the files of a hub download) is not ours to delete.
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name, text in [("config.json", "{}"), ("model.safetensors", ""), ("README.md", "---\ntags: [llama]\n---\n")]:
+        (downloaded / name).write_text(text)
+    assert export(downloaded, "--force") == 2 and "is not a previous blueberry-export" in one_line_error(capsys)
+    assert sorted(p.name for p in downloaded.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert export(runs_dir / "relu2", "--force") == 2 and "holds the run's checkpoint" in one_line_error(capsys)
     assert a_file.read_text() == "keep me" and [p.name for p in busy.iterdir()] == ["notes.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "busy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "busy", "downloaded"]
     assert sorted(p.name for p in (runs_dir / "relu2").iterdir()) == ["checkpoints"]
 
 

@@ -52,9 +52,12 @@ def tick_label_boxes(ax, axis: str):
 def test_log_ticks_are_round_and_few_over_any_span():
     for low, high in [(3e-3, 0.1), (5e-4, 3e-2), (0.02, 0.05), (1e-5, 1.0), (0.011, 0.013)]:
         ticks = nice_log_ticks(low, high)
-        assert 2 <= len(ticks) <= 6 and all(low <= t <= high for t in ticks) or len(ticks) == 2, (low, high, ticks)
-        if len(ticks) > 2 or high / low > 2:
+        assert 2 <= len(ticks) <= 6, (low, high, ticks)
+        if high / low > 2:  # round values (1, 2, 5 x 10^k) inside the range
+            assert all(low <= t <= high for t in ticks), (low, high, ticks)
             assert all(float(f"{t:.1g}") == pytest.approx(t) for t in ticks), ticks
+        else:  # a narrow range: its two ends, rounded to two figures
+            assert ticks == [pytest.approx(low, rel=0.05), pytest.approx(high, rel=0.05)]
 
 
 def test_loss_vs_params_marks_each_outcome_the_baseline_and_the_best():
@@ -218,3 +221,29 @@ def test_the_run_loss_curve_draws_the_smoothed_loss_where_it_is_centred(monkeypa
     tracker._draw_loss_curve(tmp_path / "curve.png", state)
     for (x, y) in drawn["smoothed"]:  # on the raw loss's line, in units seen
         assert y == pytest.approx(8.0 - 0.05 * x / 100)
+
+
+def test_a_conditional_space_leaves_trials_out_of_the_panels_they_lack():
+    """optimizer_sweep: AdamW trials have no Muon LR; each panel shows the trials that have its key."""
+    rows = [{"trial_id": "m", "status": "finished", "val_loss": 3.0, "train.optimizer": "muon", "train.muon_lr": 0.02,
+             "train.adamw_lr": 0.006},
+            {"trial_id": "a", "status": "finished", "val_loss": 3.2, "train.optimizer": "adamw",
+             "train.adamw_lr": 0.001}]
+    fig = params_figure(rows, "val_loss", best=rows[0])
+    by_key = {ax.get_xlabel(): ax for ax in fig.axes}
+    assert len(markers_at(by_key["train.muon_lr"], 0.02, "o")) == 2  # the point and the best's ring
+    assert all(line.get_ydata()[0] != 3.2 for line in by_key["train.muon_lr"].get_lines())
+    assert [line.get_ydata()[0] for line in markers_at(by_key["train.adamw_lr"], 0.001, "o")] == [3.2]
+    joint = joint_figure(rows, "val_loss", best=rows[0])
+    assert joint is not None and len(joint.axes) == 4  # three pairs and the colour bar
+
+
+def test_a_plan_outside_its_own_interval_is_still_drawn():
+    """A bootstrap percentile interval far beyond the data need not hold the point estimate."""
+    samples = {"E": LAW.E * np.array([1.05, 1.06, 1.07]), "A": np.full(3, LAW.A), "alpha": np.full(3, LAW.alpha),
+               "B": np.full(3, LAW.B), "beta": np.full(3, LAW.beta)}
+    plan = make_plan(LAW, Target(params=8e9, tokens=15e12), samples)
+    assert plan.loss < plan.loss_ci[0]
+    ax = law_figure(None, LAW, plan).axes[0]
+    low, high = ax.get_ylim()
+    assert low < plan.loss < high

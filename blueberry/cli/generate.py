@@ -40,7 +40,7 @@ def build_parser() -> ArgumentParser:
 
 def main_body(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    from blueberry.models.lm.generate import Generator, Sampling
+    from blueberry.models.lm.generate import Generator, Sampling, continuation
     from blueberry.platform.inference import open_run
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -53,19 +53,17 @@ def main_body(argv: Sequence[str] | None) -> None:
         stream_one(engine, tokenizer, args.prompt[0], prompts[0], args.max_new_tokens, sampling, args.seed)
         return
     outputs = engine.generate(prompts, args.max_new_tokens, sampling, args.seed)
-    for (p, s), ids in zip(labels, outputs):
+    for (p, s), prompt_ids, ids in zip(labels, prompts, outputs):
         header = f"prompt {p + 1}" + (f", sample {s + 1}" if args.num_samples > 1 else "")
-        print(f"--- {header} ---\n{args.prompt[p]}{tokenizer.decode(without_eos(ids, tokenizer.eos_id))}\n")
-
-
-def without_eos(ids: list[int], eos_id: int) -> list[int]:
-    return ids[:-1] if ids and ids[-1] == eos_id else ids
+        print(f"--- {header} ---\n{args.prompt[p]}{continuation(tokenizer, prompt_ids, ids)}\n")
 
 
 def stream_one(engine: Any, tokenizer: Any, prompt: str, ids: list[int], max_new_tokens: int, sampling: Any,
                seed_value: int) -> None:
     """Print the prompt, then each piece of text as soon as its tokens decode to whole characters
     (a byte-level token can end mid-character; its text waits for the next)."""
+    from blueberry.models.lm.generate import continuation
+
     out = sys.stdout
     out.write(prompt)
     out.flush()
@@ -76,12 +74,12 @@ def stream_one(engine: Any, tokenizer: Any, prompt: str, ids: list[int], max_new
         if token == tokenizer.eos_id:
             break
         generated.append(token)
-        text = tokenizer.decode(generated)
+        text = continuation(tokenizer, ids, generated)
         if not text.endswith("\ufffd"):
             out.write(text[len(shown):])
             out.flush()
             shown = text
-    out.write(tokenizer.decode(generated)[len(shown):] + "\n")
+    out.write(continuation(tokenizer, ids, generated)[len(shown):] + "\n")
     out.flush()
 
 

@@ -11,8 +11,8 @@
 The directory is built whole in a hidden sibling (`.NAME.*.partial`) and renamed into place, so
 `out` is never half-written: an interrupted or failed export leaves no `out` (or the previous one).
 An `out` that exists and is not empty is refused, unless `force` is given and it is a previous
-export (it holds `config.json` and `model.safetensors`), which is then replaced; nothing else is
-ever deleted. An `out` that holds the run's own checkpoint is refused outright.
+export (`config.json`, `model.safetensors` and a model card tagged `blueberry`), which is then
+replaced whole; no other directory is ever deleted. An `out` that holds the run's own checkpoint is refused outright.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from blueberry.platform.inference import TrainedRun
 
 EXPORT_MARKERS = ("config.json", "model.safetensors")  # what makes a directory a previous export
 WEIGHTS_FILE = "model.safetensors"
+CARD_TAG = "tags: [blueberry]"  # in the model card's front matter: what marks a directory as our export
 
 
 class HFModel(Protocol):
@@ -48,6 +49,17 @@ class HFModel(Protocol):
     max_length: int
 
 
+def is_previous_export(out: Path) -> bool:
+    """Whether `out` is what `blueberry-export` wrote: its files and a model card tagged `blueberry`. Any
+    other model directory (one downloaded from a hub holds config.json and model.safetensors too) is not
+    replaced, so --force never deletes what this command did not write."""
+    if not all((out / name).is_file() for name in (*EXPORT_MARKERS, "README.md")):
+        return False
+    card = (out / "README.md").read_text(encoding="utf-8", errors="replace")
+    front_matter = card.split("---")[1] if card.startswith("---") and card.count("---") >= 2 else ""
+    return CARD_TAG in front_matter.splitlines()
+
+
 def check_destination(out: Path, force: bool = False, protect: Path | None = None) -> None:
     """Refuse, before any work, an `out` that cannot or may not receive an export."""
     if out.exists() and not out.is_dir():
@@ -58,9 +70,10 @@ def check_destination(out: Path, force: bool = False, protect: Path | None = Non
         if not force:
             raise UserError(f"--out {out} is not empty: pass --force to replace a previous export, or choose a "
                             "new directory")
-        if not all((out / marker).is_file() for marker in EXPORT_MARKERS):
-            raise UserError(f"--out {out} is not empty and is not a previous export (no {' and '.join(EXPORT_MARKERS)}"
-                            "): --force replaces only an export; choose a new directory")
+        if not is_previous_export(out):
+            raise UserError(f"--out {out} is not empty and is not a previous blueberry-export (no "
+                            f"{' and '.join(EXPORT_MARKERS)}, or a model card without the blueberry tag): --force "
+                            "replaces only an export; choose a new directory")
     ancestor = out.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -162,7 +175,7 @@ def model_card(run: TrainedRun, model: HFModel, out: Path, tokenizer_note: str =
     vocabulary = (f"`{tokenizer.name}` (sha256 `{recorded.get('sha256', tokenizer.sha256)}`, as the checkpoint "
                   f"records), {tokenizer.vocab_size:,} tokens; documents end with EOS `{eos}` (id "
                   f"{tokenizer.eos_id}); no BOS. {tokenizer_note}").rstrip()
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [blueberry]", "---",
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", CARD_TAG, "---",
              f"# {_run_title(run.checkpoint)}", "", origin, "",
              "## Architecture", "", model.description, "",
              "## Load", "", "```python", *load, "```", "", weights, "",

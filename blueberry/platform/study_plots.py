@@ -204,8 +204,11 @@ def params_figure(rows: list[dict[str, Any]], metric: str, baseline: dict[str, A
     y = [r[metric] if has_metric(r, metric) else None for r in rows]
     strip = None in y
     for ax, key in zip(axes[0], keys):
-        x, categories = positions(rows, key)
-        draw_trials(ax, rows, x, y, baseline, best)
+        # A conditional space (optimizer_sweep: AdamW trials have no Muon LR) leaves some trials out of
+        # some panels.
+        panel = [(row, value) for row, value in zip(rows, y) if key in row]
+        x, categories = positions([row for row, _ in panel], key)
+        draw_trials(ax, [row for row, _ in panel], x, [value for _, value in panel], baseline, best)
         set_parameter_axis(ax, rows, key)
         label_categories(ax, categories)
         ax.set_xlabel(key)
@@ -239,11 +242,12 @@ def joint_figure(rows: list[dict[str, Any]], metric: str, baseline: dict[str, An
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs) + 1.6, 5.4), dpi=110, squeeze=False,
                              layout="constrained")
     for ax, (kx, ky) in zip(axes[0], pairs):
-        x, xcat = positions(rows, kx)
-        yy, ycat = positions(rows, ky)
+        panel = [(row, color) for row, color in zip(rows, colors) if kx in row and ky in row]
+        x, xcat = positions([row for row, _ in panel], kx)
+        yy, ycat = positions([row for row, _ in panel], ky)
         # Trials without a metric keep their place: their searched values are what the figure shows.
-        for i, row in enumerate(rows):
-            _draw_joint_point(ax, row, x[i], yy[i], colors[i], baseline, best)
+        for i, (row, color) in enumerate(panel):
+            _draw_joint_point(ax, row, x[i], yy[i], color, baseline, best)
         set_parameter_axis(ax, rows, kx, "x")
         set_parameter_axis(ax, rows, ky, "y")
         label_categories(ax, xcat, "x")

@@ -177,6 +177,9 @@ def flat_params(params: dict[str, Any]) -> dict[str, str]:
 class NullTracker(Hook):
     """Tracking turned off: a hook that records nothing."""
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Nothing to keep it in."""
+
 
 class MlflowTracker(Hook):
     """Logs one training run to MLflow: params, step metrics, evaluations, final metrics, artifacts."""

@@ -83,7 +83,10 @@ def law_figure(points: ScalingPoints | None, law: Law, plan: Plan | None = None)
     if plan is not None:
         ax.plot(C, law.loss(plan.N, C / (6 * plan.N)), color="tab:red", ls="--", lw=1.2,
                 label=f"the planned size N = {plan.N:.3g} at other token counts")
-        ci = np.array([[plan.loss - plan.loss_ci[0]], [plan.loss_ci[1] - plan.loss]]) if plan.loss_ci else None
+        # A bootstrap percentile interval need not hold the point estimate (far beyond the data it
+        # may lie wholly above or below it): each side's length is at least 0.
+        ci = (np.maximum([[plan.loss - plan.loss_ci[0]], [plan.loss_ci[1] - plan.loss]], 0) if plan.loss_ci
+              else None)
         ax.errorbar([plan.C], [plan.loss], yerr=ci, fmt="*", ms=16, color="tab:red", mec="black", capsize=4, zorder=5,
                     label=f"plan: N = {plan.N:.3g}, D = {plan.D:.3g}, loss {plan.loss:.3f}")
         if plan.N / plan.optimal_N > 1.01 or plan.optimal_N / plan.N > 1.01:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -115,3 +116,13 @@ class Generator:
                 if not done:
                     out[row].append(token)
         return out
+
+
+def continuation(tokenizer: Any, prompt_ids: Sequence[int], new: Sequence[int]) -> str:
+    """The text `new` adds after the prompt (its EOS left out). Decoded with the prompt before it and
+    cut after it: some decoders (SentencePiece's) drop a sequence's leading space, which decoding `new`
+    alone would lose."""
+    new = [t for t in new if t != tokenizer.eos_id]
+    before = tokenizer.decode(list(prompt_ids))
+    text = tokenizer.decode(list(prompt_ids) + new)
+    return text[len(before):] if text.startswith(before) else tokenizer.decode(new)

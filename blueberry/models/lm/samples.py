@@ -13,7 +13,7 @@ import torch
 from blueberry.core.events import EvalInfo
 from blueberry.core.hooks import Hook
 from blueberry.core.state import TrainState
-from blueberry.models.lm.generate import Generator, Sampling
+from blueberry.models.lm.generate import Generator, Sampling, continuation
 
 DEFAULT_PROMPTS = ("Once upon a time", "The most important thing to know about", "In the beginning")
 
@@ -35,9 +35,8 @@ class SampleLogger(Hook):
             new = engine.generate(ids, min(self.max_new_tokens, model.cfg.seq_len // 2), Sampling(temperature=0))
         finally:
             model.train(was_training)
-        eos = self.tokenizer.eos_id
-        return "\n\n".join(f"{prompt}{self.tokenizer.decode([t for t in out if t != eos])}"
-                           for prompt, out in zip(self.prompts, new))
+        return "\n\n".join(f"{prompt}{continuation(self.tokenizer, prompt_ids, out)}"
+                           for prompt, prompt_ids, out in zip(self.prompts, ids, new))
 
     def on_eval(self, info: EvalInfo, state: TrainState) -> None:
         loss = info.metrics.get("loss", float("nan"))
