@@ -218,28 +218,16 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
     return 0
 
 
-def data_tokenizer(data: Any) -> Any:
-    """The tokenizer the data was prepared with, checked by the sha256 its manifest records (a
-    tokenizer.json replaced since would decode samples and score tasks wrongly, without a sign)."""
-    from blueberry.platform.data import load_tokenizer
-
-    recorded = data.manifest.tokenizer
-    tokenizer = load_tokenizer(recorded.name)
-    if tokenizer.sha256 != recorded.sha256:
-        raise UserError(f"tokenizer {recorded.name} has changed since the data was prepared (sha256 "
-                        f"{tokenizer.sha256[:12]}, the manifest records {recorded.sha256[:12]})")
-    return tokenizer
-
-
 def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> list[Any]:
     """The hook that logs samples at evaluations, for a tracked language-model run whose tokenizer
     loads here (a hub tokenizer offline does not: the run trains without samples and says so)."""
     if args.sample_tokens == 0 or args.no_track or run.task().kind != "lm":
         return []
     from blueberry.models.lm.samples import DEFAULT_PROMPTS, SampleLogger
+    from blueberry.platform.data import prepared_tokenizer
 
     try:
-        tokenizer = data_tokenizer(data)
+        tokenizer = prepared_tokenizer(data)
     except UserError as err:
         print(f"{PROG}: no samples at evaluations: {err}", file=sys.stderr)
         return []
@@ -249,11 +237,12 @@ def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: 
 def downstream_eval(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> Any:
     """The hook that scores `--eval-tasks` on the model being trained and hands them to the tracker."""
     from blueberry.models.lm.eval import DownstreamEval
+    from blueberry.platform.data import prepared_tokenizer
     from blueberry.platform.evaluation import load_tasks, parse_tasks
 
     if run.task().kind != "lm":
         raise UserError("--eval-tasks scores language models; this run trains another kind")
-    tokenizer = data_tokenizer(data)
+    tokenizer = prepared_tokenizer(data)
     tasks = load_tasks(parse_tasks(args.eval_tasks), tokenizer, seq_len=run.model.seq_len, data=args.data)
     return DownstreamEval(tasks, tokenizer, report=tracker, every=args.eval_tasks_every, limit=args.eval_tasks_limit)
 

@@ -14,6 +14,7 @@ from typing import Any
 from blueberry.core.task import Task
 from blueberry.data.format import Manifest, read_manifest
 from blueberry.data.tokens import TokenShards
+from blueberry.errors import UserError
 from pipelines.builtin_data import builtin_data_dir
 from pipelines.prepare import PrepareConfig, prepare  # noqa: F401  (blueberry-data's, through this door)
 from pipelines.recipes import HUB_TOKENIZER, recipe  # noqa: F401
@@ -57,3 +58,17 @@ def spec_key(task: Task, spec: str) -> str:
     """`data_key` of what `spec` names, read from its manifest alone (no shard is read or verified;
     the built-in corpus is prepared on first use)."""
     return read_manifest(_directory(spec, task.units_per_sample, progress=False)).preparation_key
+
+
+def prepared_tokenizer(data: TokenShards, candidate: Any = None) -> Any:
+    """The tokenizer `data` was prepared with: `candidate` when it is that one (by the sha256 of its
+    definition), else loaded by the name the manifest records and checked the same way (a
+    tokenizer.json replaced since would decode and score wrongly, without a sign)."""
+    recorded = data.manifest.tokenizer
+    if candidate is not None and candidate.sha256 == recorded.sha256:
+        return candidate
+    loaded = load_tokenizer(recorded.name)
+    if loaded.sha256 != recorded.sha256:
+        raise UserError(f"tokenizer {recorded.name} has changed since the data was prepared (sha256 "
+                        f"{loaded.sha256[:12]}, the manifest records {recorded.sha256[:12]}): prepare the data again")
+    return loaded

@@ -33,7 +33,7 @@ import numpy as np
 
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import UserError
-from blueberry.platform.data import load_tokenizer, open_data
+from blueberry.platform.data import open_data, prepared_tokenizer
 
 CLOZE_WORDS = 8  # words per choice
 CLOZE_MIN_CONTEXT = 16  # words of the document before the first question in it
@@ -305,18 +305,6 @@ def cloze_questions(texts: Sequence[str], questions: int = CLOZE_QUESTIONS, word
     return out
 
 
-def data_tokenizer(data: TokenShards, tokenizer: Any) -> Any:
-    """The tokenizer `data` was prepared with: `tokenizer` when it is that one, else loaded by name."""
-    recorded = data.manifest.tokenizer
-    if tokenizer.sha256 == recorded.sha256:
-        return tokenizer
-    loaded = load_tokenizer(recorded.name)
-    if loaded.sha256 != recorded.sha256:
-        raise UserError(f"the data's tokenizer {recorded.name!r} loads as a different tokenizer than the one it was "
-                        "prepared with: prepare the data again")
-    return loaded
-
-
 def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, seq_len: int, data: str = "builtin",
                questions: int = CLOZE_QUESTIONS) -> dict[str, list[MultipleChoice] | TokenShards]:
     """Every task `specs` names, ready for `blueberry.models.lm.eval.evaluate_tasks`; `data` (a prepared
@@ -336,5 +324,5 @@ def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, seq_len: int, data: st
                                 f"with --tokenizer {tokenizer.name}")
             tasks["bpb"] = shards
         else:
-            tasks["cloze"] = cloze_questions(validation_texts(shards, data_tokenizer(shards, tokenizer)), questions)
+            tasks["cloze"] = cloze_questions(validation_texts(shards, prepared_tokenizer(shards, tokenizer)), questions)
     return tasks

@@ -76,7 +76,8 @@ def set_parameter_axis(ax: Axes, rows: Sequence[dict[str, Any]], key: str, axis:
         return
     low, high = min(values), max(values)
     distinct = sorted(set(values))
-    if low > 0 and high / low >= 4:
+    log = low > 0 and high / low >= 4
+    if log:
         scale("log")
         pad = (high / low) ** 0.06
         limits(low / pad, high * pad)
@@ -86,7 +87,7 @@ def set_parameter_axis(ax: Axes, rows: Sequence[dict[str, Any]], key: str, axis:
     if all(isinstance(v, int) for v in values) and len(distinct) <= 8:  # batch sizes, depths: their own values
         target.set_major_locator(FixedLocator(distinct))
         target.set_minor_locator(NullLocator())
-    elif low > 0 and high / low >= 4:
+    elif log:
         target.set_major_locator(FixedLocator(nice_log_ticks(low / pad, high * pad)))
 
 
@@ -158,28 +159,35 @@ def legend_handles(rows: Sequence[dict[str, Any]], metric: str, baseline: dict[s
     return handles
 
 
+def draw_trial(ax: Axes, row: dict[str, Any], x: float, y: float, color: Any, known: bool,
+               baseline: dict[str, Any] | None, best: dict[str, Any] | None, size: float, **place: Any) -> None:
+    """One trial's marker at (x, y): a cross if it diverged or failed, a hollow grey triangle if it has
+    no metric (a target never reached), else a circle in `color`, filled if it ran its whole budget;
+    a star over the baseline's and a ring over the best's (`baseline` and `best` are rows). `place`
+    passes a transform for the strip of trials without a metric."""
+    if row["status"] in NO_METRIC:
+        marker, cross = NO_METRIC[row["status"]]
+        ax.plot(x, y, ls="", marker=marker, color=cross, ms=8, mew=2, zorder=3, **place)
+    elif not known:
+        ax.plot(x, y, ls="", marker="^", mfc="none", color="tab:gray", ms=8, zorder=3, **place)
+    else:
+        ax.plot(x, y, ls="", marker="o", ms=size, mew=1.5, color=color,
+                mfc=color if row["status"] == "finished" else "none", zorder=3, **place)
+    if row is baseline:
+        ax.plot(x, y, ls="", marker="*", ms=size + 13, mfc="none", mec="darkorange", mew=1.5, zorder=4, **place)
+    if row is best:
+        ax.plot(x, y, ls="", marker="o", ms=size + 10, mfc="none", mec="black", mew=1.5, zorder=4, **place)
+
+
 def draw_trials(ax: Axes, rows: Sequence[dict[str, Any]], x: Sequence[float], y: Sequence[float | None],
                 baseline: dict[str, Any] | None, best: dict[str, Any] | None) -> None:
-    """Every trial at (x, y); a y of None puts it in the strip at the top of the axes. `baseline` and
-    `best` are rows."""
+    """Every trial at (x, y); a y of None puts it in the strip at the top of the axes."""
     strip = ax.get_xaxis_transform()  # x in data, y as a fraction of the axes
-    for i, row in enumerate(rows):
-        color = FULL_RUN
-        place = dict(transform=strip) if y[i] is None else {}
-        yy = STRIP if y[i] is None else y[i]
-        if row["status"] in NO_METRIC:
-            marker, c = NO_METRIC[row["status"]]
-            ax.plot(x[i], yy, ls="", marker=marker, color=c, ms=8, mew=2, zorder=3, **place)
-        elif y[i] is None:  # a target study's trial that never reached the target
-            ax.plot(x[i], yy, ls="", marker="^", mfc="none", color="tab:gray", ms=8, zorder=3, **place)
+    for row, xx, yy in zip(rows, x, y):
+        if yy is None:
+            draw_trial(ax, row, xx, STRIP, FULL_RUN, False, baseline, best, size=7, transform=strip)
         else:
-            full = row["status"] == "finished"
-            ax.plot(x[i], yy, ls="", marker="o", ms=7, mew=1.5, color=color, mfc=color if full else "none", zorder=3,
-                    **place)
-        if row is baseline:
-            ax.plot(x[i], yy, ls="", marker="*", ms=20, mfc="none", mec="darkorange", mew=1.5, zorder=4, **place)
-        if row is best:
-            ax.plot(x[i], yy, ls="", marker="o", ms=17, mfc="none", mec="black", mew=1.5, zorder=4, **place)
+            draw_trial(ax, row, xx, yy, FULL_RUN, True, baseline, best, size=7)
 
 
 def searched_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -238,7 +246,7 @@ def joint_figure(rows: list[dict[str, Any]], metric: str, baseline: dict[str, An
     values = [r[metric] for r in rows if has_metric(r, metric)]
     norm = Normalize(min(values), max(values)) if values else Normalize(0, 1)
     cmap = plt.get_cmap("viridis")
-    colors = [cmap(norm(r[metric])) if has_metric(r, metric) else "tab:gray" for r in rows]
+    colors = [cmap(norm(r[metric])) if has_metric(r, metric) else None for r in rows]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs) + 1.6, 5.4), dpi=110, squeeze=False,
                              layout="constrained")
     for ax, (kx, ky) in zip(axes[0], pairs):
@@ -246,8 +254,8 @@ def joint_figure(rows: list[dict[str, Any]], metric: str, baseline: dict[str, An
         x, xcat = positions([row for row, _ in panel], kx)
         yy, ycat = positions([row for row, _ in panel], ky)
         # Trials without a metric keep their place: their searched values are what the figure shows.
-        for i, (row, color) in enumerate(panel):
-            _draw_joint_point(ax, row, x[i], yy[i], color, baseline, best)
+        for (row, color), xx, yy_ in zip(panel, x, yy):
+            draw_trial(ax, row, xx, yy_, color, has_metric(row, metric), baseline, best, size=9)
         set_parameter_axis(ax, rows, kx, "x")
         set_parameter_axis(ax, rows, ky, "y")
         label_categories(ax, xcat, "x")
@@ -261,22 +269,6 @@ def joint_figure(rows: list[dict[str, Any]], metric: str, baseline: dict[str, An
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=9, frameon=False)
     fig.suptitle(f"searched values, coloured by {metric_label(metric)}", fontsize=11)
     return fig
-
-
-def _draw_joint_point(ax: Axes, row: dict[str, Any], x: float, y: float, color: Any, baseline: dict[str, Any] | None,
-                      best: dict[str, Any] | None) -> None:
-    if row["status"] in NO_METRIC:
-        marker, c = NO_METRIC[row["status"]]
-        ax.plot(x, y, ls="", marker=marker, color=c, ms=8, mew=2, zorder=3)
-    elif color == "tab:gray":
-        ax.plot(x, y, ls="", marker="^", mfc="none", color=color, ms=8, zorder=3)
-    else:
-        ax.plot(x, y, ls="", marker="o", ms=9, mew=1.8, color=color,
-                mfc=color if row["status"] == "finished" else "none", zorder=3)
-    if row is baseline:
-        ax.plot(x, y, ls="", marker="*", ms=22, mfc="none", mec="darkorange", mew=1.5, zorder=4)
-    if row is best:
-        ax.plot(x, y, ls="", marker="o", ms=19, mfc="none", mec="black", mew=1.5, zorder=4)
 
 
 def curves_figure(curves: Sequence[tuple[str, str, Any, Sequence[tuple[float, float]]]], unit: str) -> Figure:

@@ -47,7 +47,8 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
         # Keep the smallest set of most likely tokens whose probability reaches top_p (the first
         # token always stays: its mass before it is 0).
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        mass_before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, mass_before >= sampling.top_p)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
