@@ -30,7 +30,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from blueberry.cli import eval as eval_cli
 from blueberry.cli import train as train_cli
 from blueberry.core.config import TrainConfig
-from blueberry.core.hooks import History, Hooks
+from blueberry.core.hooks import History, Hook, Hooks
 from blueberry.core.loop import train
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.eval import (ChoiceResult, DownstreamEval, LMScorer, centered, core_score, evaluate_tasks,
@@ -378,6 +378,22 @@ def test_downstream_eval_hook_reports_to_the_tracker_on_its_cadence(corpus):
     downstream = [e for e in tracker.evals if "core" in e.metrics]
     assert [e.step for e in downstream] == [2, 4, 5] == [e.step for e in hook.history]
     assert set(downstream[0].metrics) == {"cloze/acc", "cloze/acc_norm", "bpb", "core"}
+
+
+
+def test_downstream_eval_at_the_loops_evaluations_scores_the_same_steps(corpus):
+    # every=0, as a sweep's trials use it: scored right after each of the loop's evaluations, the last one
+    # included, so each report to Tune carries the loss and the downstream metrics of one and the same step.
+    tasks = {"cloze": cloze_questions(validation_texts(corpus["data"], corpus["tokenizer"]), questions=8)}
+    evaluations = History()
+    hook = DownstreamEval(tasks, corpus["tokenizer"], report=Hook(), every=0, limit=2)
+    task = LMTask(ModelConfig(vocab_size=384, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64,
+                              seq_len=SEQ_LEN))
+    train_cfg = TrainConfig(train_tokens=5 * 2 * SEQ_LEN, batch_size=2, eval_every=2, eval_tokens=2 * SEQ_LEN,
+                            optimizer="adamw", device="cpu")
+    train(task, train_cfg, corpus["data"], Hooks([evaluations, hook]))
+    assert [e.step for e in evaluations.evals] == [2, 4, 5] == [e.step for e in hook.history]
+    assert all(set(e.metrics) == {"cloze/acc", "cloze/acc_norm", "core"} for e in hook.history)
 
 
 # --- the command ------------------------------------------------------------------------------------------

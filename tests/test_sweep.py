@@ -34,12 +34,12 @@ def bad_or_good_lr(trial):
     trial.suggest_float("train.muon_lr", 1e-6, 1e-5, log=True)
 
 
-def smoke_config(tmp_path, name, trials=4, steps=16, concurrent=1, **kw):
+def smoke_config(tmp_path, name, trials=4, steps=16, concurrent=1, evals_per_trial=4, **kw):
     base = RunConfig(tiny(), TrainConfig(train_tokens=steps * 4 * 256, batch_size=4, log_every=2))
     return SweepConfig(experiment="unit_sweep", name=name, preset="tiny", base=base, space=bad_or_good_lr,
                        baseline={"train.muon_lr": 0.024}, trials=trials, storage=str(tmp_path / "ray"),
                        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", max_concurrent_trials=concurrent,
-                       evals_per_trial=4, **kw)
+                       evals_per_trial=evals_per_trial, **kw)
 
 
 def study_runs(uri, study):
@@ -92,6 +92,25 @@ def test_smoke_study_end_to_end_and_resume(ray_local, tmp_path):
     with pytest.raises(UserError, match="not in the tracking store"):
         run_sweep(elsewhere)
     assert study_runs(elsewhere.tracking_uri, "smoke")[2] == []  # and nothing half-made is left there
+
+
+def test_a_study_judged_by_a_downstream_task_maximises_it(ray_local, tmp_path):
+    from blueberry.cli.downstream import TrialDownstream
+
+    cfg = smoke_config(tmp_path, "downstream", trials=2, steps=8, evals_per_trial=2, metric="val/cloze/acc_norm",
+                       mode="max", trial_hooks=TrialDownstream("cloze", limit=8))
+    result = run_sweep(cfg)
+    client, trials, parents = study_runs(result.tracking_uri, "downstream")
+    assert len(trials) == 2 and parents[0].data.params["mode"] == "max"
+    for row in result.trials:
+        # Scored at every evaluation of the trial, the same steps as its validation loss; what Tune judged
+        # the trial by is the last of them.
+        history = sorted(client.get_metric_history(row["mlflow_run_id"], "val/cloze/acc_norm"), key=lambda m: m.step)
+        loss_steps = sorted(m.step for m in client.get_metric_history(row["mlflow_run_id"], "val/loss"))
+        assert [m.step for m in history] == loss_steps and len(loss_steps) >= 2
+        assert row["val/cloze/acc_norm"] == history[-1].value
+    finished = [r for r in result.trials if r["status"] == "finished"]
+    assert result.best["val/cloze/acc_norm"] == max(r["val/cloze/acc_norm"] for r in finished)
 
 
 def explosive(trial):

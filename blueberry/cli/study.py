@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, positive_float, positive_int,
                                   run_command, seed)
+from blueberry.cli.downstream import TrialDownstream
 from blueberry.core.config import TrainConfig
+from blueberry.errors import UserError
 from blueberry.models.registry import preset, preset_names
 from blueberry.models.run import RunConfig
 from blueberry.platform.cluster import has_gpus
@@ -132,6 +134,16 @@ class Study:
                                  "GPUs, else cpu)")
         parser.add_argument("--smoke", action="store_true", help="the same as --scale smoke: 1m17s on "
                                                                  "2 CPU cores (measured 2026-11-23)")
+        parser.add_argument("--eval-tasks", metavar="LIST", type=non_empty,
+                            help="downstream tasks every trial scores at each evaluation, as blueberry-eval's "
+                                 "--tasks (e.g. cloze or cloze,hellaswag=FILE; files must be readable by every "
+                                 "node): logged as val/<task>/acc, val/<task>/acc_norm and val/core")
+        parser.add_argument("--eval-tasks-limit", type=positive_int, metavar="N",
+                            help="questions per downstream task (default: all)")
+        parser.add_argument("--metric", metavar="NAME",
+                            help=f"what TPE and ASHA judge trials by (default: {self.metric}): val_loss, or a "
+                                 "metric trials report, such as val/core or val/cloze/acc_norm with --eval-tasks "
+                                 "(accuracies are maximised)")
         self.add_flags(parser)
         return parser
 
@@ -170,23 +182,41 @@ class Study:
         """The `SweepConfig` the flags describe at `scale`. Starts nothing."""
         # The sweep machinery (the pipelines, the study report's matplotlib) loads only once a study
         # runs: `--help` and a flag error answer without it.
-        from blueberry.platform.sweep import SweepConfig
+        from blueberry.platform.sweep import SweepConfig, metric_mode
 
         preset_name, base = self.base(args, scale)
         trials = args.trials or scale.trials
         grid = self.grid(args, base, scale)
+        metric = args.metric or self.metric
+        downstream = self.downstream(args)
+        mode = metric_mode(base, metric, downstream)
         # The tracking store is part of a study's identity: the same settings recorded elsewhere are
         # another study, not one to restore from Ray storage that the new store has never seen.
         # --trials is not part of it: asking a study for more trials continues it (the new ones only).
         settings = {"study": self.experiment, "seed": args.seed, "grid": grid, "data": args.data,
                     "tracking": absolute_uri(tracking_uri(args.tracking_uri))}
+        if args.eval_tasks or metric != self.metric:  # judged otherwise: another study (older names unchanged)
+            settings |= {"metric": metric, "eval_tasks": args.eval_tasks, "eval_tasks_limit": args.eval_tasks_limit}
         return SweepConfig(
             experiment=self.experiment, name=args.name or self.default_name(preset_name, base, settings),
             preset=preset_name, base=base, grid=grid,
             space=None if self.space is None else functools.partial(self.space, base=base),
-            baseline=self.baseline(base), metric=self.metric, trials=trials, data=args.data, storage=self.storage(args),
+            baseline=self.baseline(base), metric=metric, mode=mode, trials=trials, data=args.data,
+            storage=self.storage(args),
+            trial_hooks=TrialDownstream(args.eval_tasks, args.eval_tasks_limit) if args.eval_tasks else None,
             tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_concurrent_trials=args.max_concurrent, evals_per_trial=self.evals_per_trial, seed=args.seed)
+
+    def downstream(self, args: Namespace) -> list[str]:
+        """The metric names `--eval-tasks` gives each trial (checked: unknown tasks and missing files
+        are refused here, before any work)."""
+        if not args.eval_tasks:
+            if args.eval_tasks_limit:
+                raise UserError("--eval-tasks-limit needs --eval-tasks")
+            return []
+        from blueberry.platform.evaluation import parse_tasks, task_metrics
+
+        return task_metrics(parse_tasks(args.eval_tasks))
 
     def run(self, args: Namespace, scale: StudyScale) -> str:
         """Run the study; what to print."""
@@ -215,7 +245,8 @@ def summary(cfg: SweepConfig, result: SweepResult) -> str:
         params = {k: v for k, v in result.best.items() if is_config_key(k)}
         lines.append(f"best         {cfg.metric} {result.best[cfg.metric]:.4f}  {json.dumps(params, default=str)}")
     lines.append(f"Ray results  {result.storage_path}  (run the same command again to resume)")
-    lines.append(f"MLflow       {result.tracking_uri}, experiment {cfg.experiment!r}, parent run {result.parent_run_id}")
+    lines.append(f"MLflow       {result.tracking_uri}, experiment {cfg.experiment!r}, "
+                 f"parent run {result.parent_run_id}")
     link = ui_link(result.tracking_uri, result.experiment_id, result.view)
     if link:
         lines.append(f"see it:      {link}")

@@ -236,15 +236,10 @@ def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: 
 
 def downstream_eval(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> Any:
     """The hook that scores `--eval-tasks` on the model being trained and hands them to the tracker."""
-    from blueberry.models.lm.eval import DownstreamEval
-    from blueberry.platform.data import prepared_tokenizer
-    from blueberry.platform.evaluation import load_tasks, parse_tasks
+    from blueberry.cli.downstream import downstream_hook
 
-    if run.task().kind != "lm":
-        raise UserError("--eval-tasks scores language models; this run trains another kind")
-    tokenizer = prepared_tokenizer(data)
-    tasks = load_tasks(parse_tasks(args.eval_tasks), tokenizer, seq_len=run.model.seq_len, data=args.data)
-    return DownstreamEval(tasks, tokenizer, report=tracker, every=args.eval_tasks_every, limit=args.eval_tasks_limit)
+    return downstream_hook(run, data, args.eval_tasks, tracker, every=args.eval_tasks_every,
+                           limit=args.eval_tasks_limit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,9 @@ class Task(ABC, Generic[ModelConfigT]):
     loss_name: ClassVar[str] = "loss"  # what the loss is, for plots: "cross-entropy (nats/token)"
     config_class: ClassVar[type]  # the model config dataclass
     presets: ClassVar[Mapping[str, Callable[[], Any]]] = {}  # named model configs, e.g. "tiny"
+    # What `evaluate` reports, each with the way it improves ("min" or "max"): a sweep may judge trials
+    # by any of them (`--metric val/<name>`).
+    eval_metrics: ClassVar[Mapping[str, str]] = {"loss": "min"}
 
     def __init__(self, config: ModelConfigT) -> None:
         if not isinstance(config, self.config_class):

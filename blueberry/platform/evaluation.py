@@ -140,6 +140,19 @@ def parse_tasks(text: str) -> list[TaskSpec]:
     return specs
 
 
+def task_metrics(specs: Sequence[TaskSpec]) -> list[str]:
+    """The names `blueberry.models.lm.eval.evaluate_tasks` reports for `specs`: `NAME/acc` and
+    `NAME/acc_norm` per multiple-choice task, `bpb`, and `core` when there is a multiple-choice task."""
+    names = [metric for spec in specs
+             for metric in ((spec.name,) if spec.name == "bpb" else (f"{spec.name}/acc", f"{spec.name}/acc_norm"))]
+    return names + (["core"] if any(spec.name != "bpb" for spec in specs) else [])
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies and the centred `core` grow as a model improves; bits per byte falls."""
+    return metric == "core" or metric.endswith(("/acc", "/acc_norm"))
+
+
 def _json_records(path: Path, expected: str) -> list[dict[str, Any]]:
     """A .jsonl file (one object per line), or a .json file holding a list of objects."""
     try:
@@ -305,12 +318,13 @@ def cloze_questions(texts: Sequence[str], questions: int = CLOZE_QUESTIONS, word
     return out
 
 
-def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, seq_len: int, data: str = "builtin",
+def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, seq_len: int, data: str | TokenShards = "builtin",
                questions: int = CLOZE_QUESTIONS) -> dict[str, list[MultipleChoice] | TokenShards]:
     """Every task `specs` names, ready for `blueberry.models.lm.eval.evaluate_tasks`; `data` (a prepared
-    directory or `builtin`, opened at `seq_len`) is read only when `cloze` or `bpb` is asked for."""
+    directory or `builtin`, opened at `seq_len`, or shards already open) is read only when `cloze` or
+    `bpb` is asked for."""
     tasks: dict[str, list[MultipleChoice] | TokenShards] = {}
-    shards: TokenShards | None = None
+    shards: TokenShards | None = data if isinstance(data, TokenShards) else None
     for spec in specs:
         if spec.name in FILE_TASKS:
             tasks[spec.name] = read_questions(spec)
@@ -319,7 +333,8 @@ def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, seq_len: int, data: st
         if spec.name == "bpb":
             recorded = shards.manifest.tokenizer
             if recorded.sha256 != tokenizer.sha256:
-                raise UserError(f"bpb: --data {data} was tokenized with {recorded.name!r}, not the run's tokenizer "
+                where = f"--data {data}" if isinstance(data, str) else "the data"
+                raise UserError(f"bpb: {where} was tokenized with {recorded.name!r}, not the run's tokenizer "
                                 f"{tokenizer.name!r}: the model can only score its own tokens; pass --data prepared "
                                 f"with --tokenizer {tokenizer.name}")
             tasks["bpb"] = shards

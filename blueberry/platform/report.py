@@ -50,12 +50,12 @@ def trial_status(metrics: dict[str, Any], error: Exception | None) -> str:
 
 
 def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, metric: str = "val_loss",
-                     first_index: int = 0) -> list[dict[str, Any]]:
+                     first_index: int = 0, mode: str = "min") -> list[dict[str, Any]]:
     """One row per trial; each trial's MLflow run gets its final status (trials ASHA stopped cannot
     close their own runs: Tune ends them mid-step), its outcome in its name, and the study's `metric`
     as Tune last saw it (the loss where ASHA stopped it, for a trial stopped early; none for a trial
     that diverged or failed). `first_index` numbers the trials after those of the study's earlier Tune
-    experiments, for their colours."""
+    experiments, for their colours. `mode` is the way `metric` improves ("min" or "max")."""
     from mlflow.entities import Metric
 
     rows = []
@@ -69,8 +69,10 @@ def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, 
             client.set_tag(run_id, "tune_trial_id", trial_id)
             client.set_tag(run_id, RUN_COLOR_TAG, RUN_COLORS[index % len(RUN_COLORS)])
             never_reached = metric == "target_tokens" and metrics.get("reached_target") != 1.0
+            # An evaluation's val/<name> is in the run's history already, its latest value what the UI shows.
+            logged = metric.startswith("val/")
             if status in ("finished", "stopped_early") and math.isfinite(metrics.get(metric, math.nan)) \
-                    and not never_reached:
+                    and not never_reached and not logged:
                 # At step 0, like the final metrics: one bar per trial in the UI's charts.
                 client.log_batch(run_id, metrics=[Metric(metric, float(metrics[metric]), int(time.time() * 1000), 0)])
             if result.config:
@@ -81,6 +83,8 @@ def close_trial_runs(client: Any, experiment_id: str, study: str, results: Any, 
         if metric == "target_tokens":  # only studies of a target loss have it; inf: never reached
             reached = metrics.get("reached_target", 0.0) == 1.0
             row["target_tokens"] = metrics.get("target_tokens", math.inf) if reached else math.inf
+        elif metric != "val_loss":  # an evaluation's val/<name>: a downstream task, for one
+            row[metric] = metrics.get(metric, math.nan)
         rows.append(row)
     return rows
 
@@ -90,16 +94,24 @@ def csv_value(key: str, value: Any) -> Any:
     return "not reached" if key == "target_tokens" and value == math.inf else value
 
 
-def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+def best_row(rows: list[dict[str, Any]], metric: str, mode: str = "min") -> dict[str, Any] | None:
     """The best trial that ran its whole budget; failing that, the best that did not fail."""
     for allowed in (("finished",), ("finished", "stopped_early", "diverged")):
         candidates = [r for r in rows if r["status"] in allowed and math.isfinite(r[metric])]
         if candidates:
-            return min(candidates, key=lambda r: r[metric])
+            return (max if mode == "max" else min)(candidates, key=lambda r: r[metric])
     return None
 
 
-def _learning_curves(client: Any, rows: list[dict[str, Any]], metric: str, path: Path, unit: str) -> Path:
+def worse_first(value: float, mode: str) -> float:
+    """A sort key putting the best value of a metric first, and a missing one last."""
+    if not math.isfinite(value):
+        return math.inf
+    return -value if mode == "max" else value
+
+
+def _learning_curves(client: Any, rows: list[dict[str, Any]], metric: str, path: Path, unit: str,
+                     mode: str = "min") -> Path:
     """Each trial's validation loss from its MLflow run, named as the run is (by its searched values) and
     in its colour in the UI's charts; the legend lists the trials that ran their whole budget first, best
     first."""
@@ -112,20 +124,21 @@ def _learning_curves(client: Any, rows: list[dict[str, Any]], metric: str, path:
         points = [(tokens.get(m.step, math.nan), m.value) for m in history if m.value < 50]
         params = {k: v for k, v in row.items() if is_config_key(k)}
         name = trial_run_name(params, row["status"]) if params else row["trial_id"]
-        value = row[metric] if math.isfinite(row[metric]) else math.inf
-        order = (("finished", "stopped_early", "diverged", "failed").index(row["status"]), value)
+        status_order = ("finished", "stopped_early", "diverged", "failed").index(row["status"])
+        order = (status_order, worse_first(row[metric], mode))
         curves.append((order, (name, row["status"], RUN_COLORS[index % len(RUN_COLORS)], points)))
     return save_figure(curves_figure([curve for _, curve in sorted(curves, key=lambda c: c[0])], unit), path)
 
 
 def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], metric: str, base: RunConfig,
-                  params: dict[str, Any], baseline: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                  params: dict[str, Any], baseline: dict[str, Any] | None = None, mode: str = "min"
+                  ) -> dict[str, Any] | None:
     """trials.csv, best_config.json and the plots (`study_plots`) on the parent run; best metrics as its
     metrics and `params` (what the study was run with) as its params. `baseline` is the point the study
     evaluated first, marked in the plots."""
     from mlflow.entities import Metric, Param
 
-    best = best_row(rows, metric)
+    best = best_row(rows, metric, mode)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("trial_id", "status"), k))
@@ -135,7 +148,7 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], m
             writer.writerows({k: csv_value(k, v) for k, v in row.items()} for row in rows)
         artifacts = [tmp_path / "trials.csv",
                      save_figure(params_figure(rows, metric, baseline, best), tmp_path / "loss_vs_params.png"),
-                     _learning_curves(client, rows, metric, tmp_path / "learning_curves.png", base.task().unit)]
+                     _learning_curves(client, rows, metric, tmp_path / "learning_curves.png", base.task().unit, mode)]
         if joint := joint_figure(rows, metric, baseline, best):
             artifacts.append(save_figure(joint, tmp_path / "joint.png"))
         if best is not None:
@@ -156,7 +169,7 @@ def write_summary(client: Any, parent_run_id: str, rows: list[dict[str, Any]], m
     return best
 
 
-def study_view(study: str, metric: str, searched: list[str]) -> dict[str, Any]:
+def study_view(study: str, metric: str, searched: list[str], mode: str = "min") -> dict[str, Any]:
     """The runs-table view of one study: its trials alone (not nested under the study's run), best
     first, with their status, the study's metric and the searched parameters as columns; in the charts
     view, the searched parameters against the metric (parallel coordinates, then one scatter plot each)
@@ -173,7 +186,7 @@ def study_view(study: str, metric: str, searched: list[str]) -> dict[str, Any]:
                      yaxis={"key": metric, "type": "METRIC"}) for key in params]
     return {
         "searchFilter": f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'trial'",
-        "orderByKey": f"metrics.`{metric}`", "orderByAsc": True,
+        "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
         "selectedColumns": [f"tags.`{STATUS_TAG}`", f"metrics.`{metric}`", *(f"params.`{key}`" for key in params)],
         # The UI sizes only the columns `columnOrder` lists: wide enough for a trial's name and values.
         "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", f"metrics.`{metric}`",
@@ -187,10 +200,11 @@ def study_view(study: str, metric: str, searched: list[str]) -> dict[str, Any]:
     }
 
 
-def save_study_view(client: Any, experiment_id: str, study: str, metric: str, rows: list[dict[str, Any]]) -> str:
+def save_study_view(client: Any, experiment_id: str, study: str, metric: str, rows: list[dict[str, Any]],
+                    mode: str = "min") -> str:
     """Save `study_view` as the experiment's view named after the study, and make `metric` the
     experiment's primary metric; returns the view's id (`blueberry.platform.tracking.ui_path` opens it)."""
     searched = list(dict.fromkeys(k for row in rows for k in row if is_config_key(k)))
     client.set_experiment_tag(experiment_id, PRIMARY_METRIC_TAG, metric)
-    save_view(client, experiment_id, study, study, study_view(study, metric, searched))
+    save_view(client, experiment_id, study, study, study_view(study, metric, searched, mode))
     return study

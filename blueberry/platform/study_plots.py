@@ -36,6 +36,9 @@ METRIC_NAMES = {"val_loss": "validation loss", "target_tokens": "tokens to the t
 
 
 def metric_label(metric: str) -> str:
+    """A metric as people read it: "validation loss"; an evaluation's `val/cloze/acc_norm` as "cloze/acc_norm"."""
+    if metric.startswith("val/"):
+        return metric.removeprefix("val/")
     return METRIC_NAMES.get(metric, metric.replace("_", " "))
 
 

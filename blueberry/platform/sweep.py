@@ -69,7 +69,15 @@ class SweepConfig:
     space: Callable[[Any], dict[str, Any] | None] | None
     baseline: dict[str, Any] = field(default_factory=dict)  # the record point, evaluated first
     grid: dict[str, list[Any]] | None = None  # instead of a search: every value of each key, no ASHA
-    metric: str = "val_loss"  # or "target_tokens" for speedrun studies
+    # What TPE and ASHA judge trials by: "val_loss", "target_tokens" (speedrun studies), or any metric
+    # the trials report at their evaluations as `val/<name>`, such as a downstream task's `val/core`
+    # (`metric_mode` says which way is better).
+    metric: str = "val_loss"
+    mode: str = "min"  # "max" for accuracies
+    # Hooks each trial adds, built inside the trial from its run config, its opened data and the hook
+    # they report evaluations to (the trial's MLflow run and its reports to Tune): downstream tasks
+    # (`blueberry.cli.downstream.TrialDownstream`). Picklable, like `space`.
+    trial_hooks: Callable[[RunConfig, Any, Hook], Sequence[Hook]] | None = None
     trials: int = 8
     # What `--data` names (`builtin` or a prepared directory), or a handle with `open()` that
     # trials call (`blueberry.platform.data.open_shared` makes one; a task with other data brings its own).
@@ -91,23 +99,52 @@ class SweepConfig:
             raise UserError("a study needs exactly one of a search space or a grid")
         if self.trials < 1:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
-        if self.metric not in ("val_loss", "target_tokens"):
-            raise UserError(f"metric must be val_loss or target_tokens, got {self.metric!r}")
+        if self.metric not in ("val_loss", "target_tokens") and not self.metric.startswith("val/"):
+            raise UserError(f"metric must be val_loss, target_tokens or an evaluation's val/<name>, got "
+                            f"{self.metric!r}")
+        if self.mode not in ("min", "max"):
+            raise UserError(f"mode must be min or max, got {self.mode!r}")
         if self.metric == "target_tokens" and self.base.train.target_train_loss is None:
             raise UserError("a tokens-to-target study needs --target-train-loss")
 
 
-def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int,
-                  target: bool = False) -> dict[str, float]:
-    """What a trial reports to Tune: the loss, units seen, divergence and, in a study with a target
-    loss, the units it took to reach it. TPE needs a number for a trial that never reached the
-    target: twice the budget, with `reached_target` 0 saying what it stands for."""
+def metric_mode(base: RunConfig, metric: str, downstream: Sequence[str] = ()) -> str:
+    """Which way `metric` improves ("min" or "max") for trials of `base` scoring the `downstream` metric
+    names (`blueberry.platform.evaluation.task_metrics`); a name no trial would report is refused."""
+    from blueberry.platform.evaluation import higher_is_better
+
+    if metric in ("val_loss", "target_tokens"):
+        return "min"
+    name = metric.removeprefix("val/")
+    evaluated = base.task().eval_metrics
+    if metric.startswith("val/") and name in evaluated:
+        return evaluated[name]
+    if metric.startswith("val/") and name in downstream:
+        return "max" if higher_is_better(name) else "min"
+    known = ["val_loss", "target_tokens", *(f"val/{m}" for m in (*evaluated, *downstream))]
+    hint = "" if downstream else " (downstream metrics need --eval-tasks)"
+    raise UserError(f"--metric {metric}: the trials do not report it; choose one of {', '.join(known)}{hint}")
+
+
+def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int, target: bool = False,
+                  extra: dict[str, float] | None = None, metric: str = "val_loss", mode: str = "min"
+                  ) -> dict[str, float]:
+    """What a trial reports to Tune: the loss, units seen, divergence, every metric of the evaluation
+    as `val/<name>` with the `extra` ones of the same step (downstream tasks), and, in a study with a
+    target loss, the units it took to reach it. TPE needs a number for a trial that never reached the
+    target: twice the budget, with `reached_target` 0 saying what it stands for; and one for a trial
+    that diverged: a far worse value than any real one of the study's `metric`, whichever way it runs."""
     if result is not None and result.diverged:
         out = {"val_loss": DIVERGED_LOSS, "tokens": result.tokens, "diverged": 1.0}
+        if metric.startswith("val/"):
+            out[metric] = DIVERGED_LOSS if mode == "min" else -DIVERGED_LOSS
         return out | ({"target_tokens": 2.0 * budget, "reached_target": 0.0} if target else {})
-    loss = result.val.loss if result is not None and result.val is not None else info.loss if info else math.nan
+    evaluation = result.val if result is not None else info
+    loss = evaluation.loss if evaluation is not None else math.nan
     tokens = result.tokens if result is not None else info.tokens if info else 0
-    out = {"val_loss": loss, "tokens": float(tokens), "diverged": 0.0}
+    measured = {**(evaluation.metrics if evaluation is not None else {}), **(extra or {})}
+    out = {"val_loss": loss, "tokens": float(tokens), "diverged": 0.0,
+           **{f"val/{name}": float(value) for name, value in measured.items()}}
     if result is not None:
         if target:
             out["target_tokens"] = float(result.target_tokens) if result.target_tokens else 2.0 * budget
@@ -117,11 +154,25 @@ def trial_metrics(info: EvalInfo | None, result: RunResult | None, budget: int,
     return out
 
 
-class TuneReport(Hook):
-    """Reports each evaluation to Tune with a checkpoint; restores from Tune's checkpoint on a retry."""
+class LatestEvaluation(Hook):
+    """The metrics of the last evaluation reported to it: where a trial's extra scorers (downstream
+    tasks) leave theirs for `TuneReport` to send with the loop's evaluation of the same step."""
 
-    def __init__(self, budget: int, target: bool = False) -> None:
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def on_eval(self, info: EvalInfo, state: TrainState) -> None:
+        self.metrics = dict(info.metrics)
+
+
+class TuneReport(Hook):
+    """Reports each evaluation to Tune with a checkpoint; restores from Tune's checkpoint on a retry.
+    Register it after the hooks that score at evaluations and leave their metrics in `extra`."""
+
+    def __init__(self, budget: int, target: bool = False, extra: LatestEvaluation | None = None,
+                 metric: str = "val_loss", mode: str = "min") -> None:
         self.budget, self.target = budget, target  # target: the study measures units to a target loss
+        self.extra, self.metric, self.mode = extra, metric, mode
         self.resumed_step = 0
 
     def on_start(self, state: TrainState) -> None:
@@ -143,7 +194,9 @@ class TuneReport(Hook):
         tune.report(self._metrics(None, result))
 
     def _metrics(self, info: EvalInfo | None, result: RunResult | None) -> dict[str, float]:
-        return {**trial_metrics(info, result, self.budget, self.target), "resumed_from_step": float(self.resumed_step)}
+        extra = self.extra.metrics if self.extra is not None else None
+        return {**trial_metrics(info, result, self.budget, self.target, extra, self.metric, self.mode),
+                "resumed_from_step": float(self.resumed_step)}
 
 
 @dataclass(frozen=True)
@@ -158,6 +211,9 @@ class TrialContext:
     tracking_uri: str
     threads: int
     data_key: str  # enters each trial's identity (`RunConfig.key`), as blueberry-train's runs do
+    metric: str = "val_loss"
+    mode: str = "min"
+    trial_hooks: Callable[[RunConfig, Any, Hook], Sequence[Hook]] | None = None
 
 
 def trial_tracker(context: TrialContext, params: dict[str, Any], trial_id: str, trial_name: str) -> MlflowTracker:
@@ -187,10 +243,14 @@ def run_trial(params: dict[str, Any], data: Any, context: TrialContext) -> None:
     task = run.task()
     tune_context = tune.get_context()
     tracker = trial_tracker(context, params, tune_context.get_trial_id(), tune_context.get_trial_name())
-    # The tracker first: when ASHA stops a trial, Tune ends it inside TuneReport's report(), and what the
-    # tracker had not logged by then would be lost.
-    report = TuneReport(run.train.budget_tokens(task.units_per_sample), target=run.train.target_train_loss is not None)
-    train(task, run.train, data.open(), Hooks([tracker, report]))
+    opened = data.open()
+    latest = LatestEvaluation()
+    extra = list(context.trial_hooks(run, opened, Hooks([tracker, latest]))) if context.trial_hooks else []
+    # The tracker first and Tune last: when ASHA stops a trial, Tune ends it inside TuneReport's
+    # report(), and what the tracker had not logged (or the extra hooks not scored) by then would be lost.
+    report = TuneReport(run.train.budget_tokens(task.units_per_sample), target=run.train.target_train_loss is not None,
+                        extra=latest, metric=context.metric, mode=context.mode)
+    train(task, run.train, opened, Hooks([tracker, *extra, report]))
 
 
 def cluster_resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
@@ -320,7 +380,8 @@ def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concur
     base = _study_base(cfg)
     context = TrialContext(base=base, preset=cfg.preset, experiment=cfg.experiment, study=cfg.name,
                            parent_run_id=parent_run_id, tracking_uri=uri, threads=max(1, int(resources["CPU"])),
-                           data_key=data_key(data))
+                           data_key=data_key(data), metric=cfg.metric, mode=cfg.mode,
+                           trial_hooks=cfg.trial_hooks)
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, context=context), resources)
     rows: list[dict[str, Any]] = []
     # One Tune experiment per request for trials: the first run's, then one more each time the study
@@ -337,12 +398,13 @@ def _run_trials(cfg: SweepConfig, data: Any, resources: dict[str, float], concur
                                    name=name, storage_path=storage, verbose=1,
                                    failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        rows += close_trial_runs(mlflow_client, experiment_id, cfg.name, tuner.fit(), cfg.metric, len(rows))
+        rows += close_trial_runs(mlflow_client, experiment_id, cfg.name, tuner.fit(), cfg.metric, len(rows), cfg.mode)
 
     data_label = cfg.data if isinstance(cfg.data, str) else type(cfg.data).__name__
     best = write_summary(mlflow_client, parent_run_id, rows, cfg.metric, base,
-                         params={"preset": cfg.preset, "metric": cfg.metric, "data": data_label}, baseline=cfg.baseline)
-    return rows, best, save_study_view(mlflow_client, experiment_id, cfg.name, cfg.metric, rows)
+                         params={"preset": cfg.preset, "metric": cfg.metric, "mode": cfg.mode, "data": data_label},
+                         baseline=cfg.baseline, mode=cfg.mode)
+    return rows, best, save_study_view(mlflow_client, experiment_id, cfg.name, cfg.metric, rows, cfg.mode)
 
 
 SEGMENTS_TAG = "blueberry.trial_segments"  # on the parent run: the trials of each of the study's Tune experiments
@@ -367,7 +429,8 @@ def _prior_study(cfg: SweepConfig, rows: Sequence[dict[str, Any]]) -> Any:
     import optuna
 
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=OPTUNA_STUDY, direction="minimize")
+    direction = "maximize" if cfg.mode == "max" else "minimize"
+    study = optuna.create_study(storage=storage, study_name=OPTUNA_STUDY, direction=direction)
     for row in rows:
         point = {key: value for key, value in row.items() if is_config_key(key)}
         if not math.isfinite(row.get(cfg.metric, math.nan)):
@@ -409,13 +472,13 @@ def _tune_config(cfg: SweepConfig, base: RunConfig, concurrent: int, trials: int
     # Optuna's default is 10 random trials before TPE models anything, which would make any study of
     # 10 trials or fewer a random search; a third of the budget (at least 2) leaves room to exploit.
     startup = max(2, min(10, cfg.trials // 3))
-    search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode="min", seed=cfg.seed + len(prior),
+    search = OptunaSearch(space=cfg.space, metric=cfg.metric, mode=cfg.mode, seed=cfg.seed + len(prior),
                           sampler=optuna.samplers.TPESampler(seed=cfg.seed + len(prior), n_startup_trials=startup),
                           points_to_evaluate=[cfg.baseline] if cfg.baseline and not prior else None,
                           storage=_prior_study(cfg, prior) if prior else None,
                           study_name=OPTUNA_STUDY if prior else None)
     asha = ProvisionalASHA if cfg.provisional_promotions else ASHAScheduler
-    scheduler = asha(time_attr="tokens", metric=cfg.metric, mode="min", max_t=budget,
+    scheduler = asha(time_attr="tokens", metric=cfg.metric, mode=cfg.mode, max_t=budget,
                      grace_period=asha_grace_tokens(base.train, units_per_sample, cfg.grace_fraction),
                      reduction_factor=cfg.reduction_factor)
     return tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=trials or cfg.trials,

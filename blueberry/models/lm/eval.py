@@ -291,6 +291,10 @@ class DownstreamEval(Hook):
 
         hooks.add(DownstreamEval(tasks, tokenizer, report=tracker), every=500)
 
+    With `every=0` it scores at each of the loop's own evaluations instead, right after the validation
+    loss: a sweep's trials do this, so every report to Tune carries the downstream metrics of the same
+    step (and so do the evaluations of a run stopped at a target loss).
+
     With several data-parallel processes only rank 0 evaluates (its model is whole); the others wait
     for it at the next step's gradient reduction."""
 
@@ -301,9 +305,16 @@ class DownstreamEval(Hook):
         self.history: list[EvalInfo] = []
 
     def on_step(self, info: StepInfo, state: TrainState) -> None:
+        self._score(info.step, info.tokens, state)
+
+    def on_eval(self, info: EvalInfo, state: TrainState) -> None:
+        if self.every == 0:
+            self._score(info.step, info.tokens, state)
+
+    def _score(self, step: int, tokens: int, state: TrainState) -> None:
         if not state.parallel.is_main:
             return
         metrics = evaluate_tasks(state.model, self.tokenizer, self.tasks, self.limit, self.batch_size)
-        result = EvalInfo(step=info.step, tokens=info.tokens, metrics=metrics)
+        result = EvalInfo(step=step, tokens=tokens, metrics=metrics)
         self.history.append(result)
         self.report.on_eval(result, state)

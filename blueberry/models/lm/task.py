@@ -28,6 +28,7 @@ class LMTask(Task[ModelConfig]):
     loss_name = "cross-entropy (nats/token)"
     config_class = ModelConfig
     presets = PRESETS
+    eval_metrics = {"loss": "min", "accuracy": "max", "perplexity": "min"}
 
     def build_model(self) -> Blueberry:
         return Blueberry(self.config)
