@@ -102,10 +102,12 @@ class Generator:
         for step in range(max_new_tokens):
             token = torch.where(done, filler, sample(logits, sampling, generator))
             yield Step(tokens=token, done_before=done.clone())
+            if step == max_new_tokens - 1:
+                return
             if self.eos_id is not None:
                 done |= token == self.eos_id
-            if step == max_new_tokens - 1 or bool(done.all()):
-                return
+                if bool(done.all()):  # synchronises with the device: only where rows can stop
+                    return
             logits = self.model(token[:, None], cache=cache).logits[:, -1]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
