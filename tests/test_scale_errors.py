@@ -165,3 +165,150 @@ def test_the_installed_command_exits_2_with_one_line(argv, message, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("blueberry-scale: error: ") and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr and message in done.stderr and done.stdout == ""
+
+
+# Issue #18: `plan --hparams` values that are not numbers, the backtest's hold-out, the downstream fit
+# and the plan's new flags. Before, a string or list coefficient in --hparams ended in a TypeError traceback.
+HPARAMS = {"lr": {"coefficient": 0.31, "exponent": -0.125}, "batch_tokens": {"coefficient": 0.29, "exponent": 0.33}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr": {"coefficient": "x", "exponent": 1}}, "lr.coefficient must be a positive finite number"),
+    ({"lr": {"coefficient": [0.3], "exponent": -0.1}}, "lr.coefficient must be a positive finite number"),
+    ({"batch_tokens": {"coefficient": -1.0, "exponent": 0.3}}, "batch_tokens.coefficient must be a positive"),
+    ({"batch_tokens": {"coefficient": 0.3, "exponent": "0.3"}}, "batch_tokens.exponent must be a finite number"),
+    ({"lr": {"coefficient": 0.3, "exponent": float("nan")}}, "lr.exponent must be a finite number"),
+    ({"lr": {"coefficient": 0.3, "exponent": -0.1, "exponent_ci": [1]}}, "lr.exponent_ci must be null or two"),
+    ({"lr": 5}, "lr must be an object with coefficient and exponent"),
+    ({"budgets": [{"compute": "1e18"}]}, "budgets must be a list of objects of numbers"),
+    ({"source": 3}, "source must be text"),
+])
+def test_an_hparams_file_with_bad_values_is_refused(change, message, tmp_path, capsys):
+    path = tmp_path / "hparams.json"
+    path.write_text(json.dumps({**HPARAMS, **change}))
+    err = refused(["plan", "--law", "chinchilla", "--params", "1e9", "--hparams", path], capsys)
+    assert str(path) in err and message in err
+
+
+@pytest.mark.parametrize("text", ["[1]", "not json", '{"lr": {"coefficient": 0.3, "exponent": 1}}'])
+def test_an_hparams_file_that_is_not_one_is_refused(text, tmp_path, capsys):
+    path = tmp_path / "hparams.json"
+    path.write_text(text)
+    assert str(path) in refused(["plan", "--law", "chinchilla", "--params", "1e9", "--hparams", path], capsys)
+
+
+def test_a_missing_hparams_file_is_refused(tmp_path, capsys):
+    assert "does not exist" in refused(["plan", "--law", "chinchilla", "--params", "1e9", "--hparams",
+                                        tmp_path / "nope.json"], capsys)
+
+
+def test_a_law_file_with_a_bad_data_range_is_refused(tmp_path, capsys):
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps({**with_samples(), "data_range": {"runs": 10, "N_max": "big"}}))
+    err = refused(["plan", "--law", path, "--params", "1e9"], capsys)
+    assert "data_range must hold positive numbers" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--holdout-min", "1e30"], "no run to hold out"),
+    (["--holdout", "N", "--holdout-min", "1"], "are all the runs"),
+    (["--holdout-fraction", "1.5"], "--holdout-fraction must be in (0, 1)"),
+    (["--level", "80"], "--level must be in (0, 1)"),
+    (["--bootstrap", "1"], "--bootstrap must be at least 2"),
+])
+def test_backtest_mistakes_are_refused(flags, message, runs_csv, capsys):
+    assert message in refused(["backtest", "--csv", runs_csv, *flags], capsys)
+
+
+def refused_by_flags(argv: list, capsys) -> str:
+    """As `refused`, for mistakes argparse answers: its line names the subcommand (`blueberry-scale plan: error:`)."""
+    assert scale_cli.main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"blueberry-scale {argv[0]}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--holdout", "D"], "invalid choice: 'D'"),
+    (["--holdout-min", "1e9", "--holdout-fraction", "0.2"], "not allowed with argument"),
+    (["--holdout-min", "-5"], "expected a positive finite number"),
+])
+def test_backtest_flag_mistakes_are_refused(flags, message, runs_csv, capsys):
+    assert message in refused_by_flags(["backtest", "--csv", runs_csv, *flags], capsys)
+
+
+def test_backtest_output_in_a_missing_directory_is_refused_before_the_fit(runs_csv, tmp_path, no_fit, capsys):
+    err = refused(["backtest", "--csv", runs_csv, "--plot", tmp_path / "nowhere" / "b.png"], capsys)
+    assert "does not exist" in err
+
+
+@pytest.fixture
+def evaluated_csv(tmp_path) -> Path:
+    loss = np.linspace(2.5, 4.5, 8)
+    accuracy = 0.25 + 0.5 / (1 + np.exp(3 * (loss - 3.2)))
+    path = tmp_path / "evaluated.csv"
+    path.write_text("loss,hellaswag,rising\n" + "".join(f"{x},{a},{1 - a}\n" for x, a in zip(loss, accuracy)))
+    return path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--metric", "arc"], "has both 'arc' and 'loss'"),
+    (["--metric", "hellaswag", "--chance", "2"], "--chance must be in [-1, 1)"),
+    (["--metric", "rising"], "no sigmoid with accuracy rising as loss falls"),
+    (["--metric", "hellaswag", "--bootstrap", "1"], "--bootstrap must be 0 (no intervals) or at least 2"),
+])
+def test_downstream_mistakes_are_refused(flags, message, evaluated_csv, capsys):
+    assert message in refused(["downstream", "--csv", evaluated_csv, *flags], capsys)
+
+
+def test_downstream_percentages_are_refused(tmp_path, capsys):
+    path = tmp_path / "percent.csv"
+    path.write_text("loss,acc\n" + "".join(f"{3 + i / 10},{60 - i}\n" for i in range(8)))
+    assert "is the metric a percentage" in refused(["downstream", "--csv", path, "--metric", "acc"], capsys)
+
+
+def test_too_few_evaluated_runs_are_refused(tmp_path, capsys):
+    path = tmp_path / "few.csv"
+    path.write_text("loss,acc\n3.0,0.4\n3.5,0.3\n4.0,0.27\n")
+    assert "need at least 4" in refused(["downstream", "--csv", path, "--metric", "acc", "--chance", "0.25"], capsys)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "expected a JSON object"),
+    (json.dumps({"floor": {"estimate": 0.25}}), "ceiling.estimate must be a list of numbers"),
+    (json.dumps({n: {"estimate": v} for n, v in (("floor", 0.25), ("ceiling", 0.2), ("k", 3), ("L0", 3))}),
+     "ceiling > floor"),
+])
+def test_a_downstream_file_that_is_not_one_is_refused(text, message, tmp_path, capsys):
+    path = tmp_path / "ds.json"
+    path.write_text(text)
+    law = tmp_path / "law.json"
+    law.write_text(json.dumps(with_samples()))
+    err = refused(["plan", "--law", law, "--params", "1e9", "--downstream", path], capsys)
+    assert str(path) in err and message in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--downstream", "ds.json"], "--law chinchilla predicts loss on Chinchilla's data"),
+    (["--accuracy-goal", "0.3"], "--accuracy-goal needs --downstream FILE"),
+    (["--accuracy-goal", "29.45"], "--accuracy-goal must be an accuracy in [-1, 1]"),
+    (["--accuracy-goal", "nan"], "--accuracy-goal must be an accuracy in [-1, 1]"),
+])
+def test_plan_downstream_mistakes_are_refused(flags, message, tmp_path, capsys):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({n: {"estimate": v} for n, v in (("floor", 0.25), ("ceiling", 0.8), ("k", 3), ("L0", 3))}
+                             | {"runs": {"loss": [3.0, 3.5], "accuracy": [0.5, 0.4]}}))
+    flags = [str(ds) if f == "ds.json" else f for f in flags]
+    assert message in refused(["plan", "--law", "chinchilla", "--params", "8e9", *flags], capsys)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus", "0"], "expected a positive integer"),
+    (["--gpus", "1.5"], "expected a positive integer"),
+    (["--deadline-days", "-3"], "expected a positive finite number"),
+    (["--dataset", "c4"], "invalid choice: 'c4'"),
+    (["--dataset", "fineweb", "--dataset-tokens", "1e12"], "not allowed with argument"),
+    (["--estimate-gpu-hours", "nan"], "expected a positive finite number"),
+])
+def test_plan_flag_mistakes_are_refused(flags, message, capsys):
+    assert message in refused_by_flags(["plan", "--law", "chinchilla", "--params", "8e9", *flags], capsys)

@@ -3,7 +3,6 @@ noisy synthetic runs, matches the slow reference recipe's optimum, and plans lan
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,8 +55,8 @@ def test_gradient_matches_finite_differences():
     theta = np.array([0.5, 6.2, 7.3, 0.33, 0.29])
     _, grad = huber_objective(theta, logN, logD, logL)
     h = 1e-7
-    numeric = [(huber_objective(theta + h * e, logN, logD, logL)[0] - huber_objective(theta - h * e, logN, logD, logL)[0])
-               / (2 * h) for e in np.eye(5)]
+    numeric = [(huber_objective(theta + h * e, logN, logD, logL)[0]
+                - huber_objective(theta - h * e, logN, logD, logL)[0]) / (2 * h) for e in np.eye(5)]
     assert np.allclose(grad, numeric, rtol=1e-5, atol=1e-10)
 
 
@@ -183,7 +182,8 @@ def test_cli_fit_json_plot_and_plan_from_it(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["law.json", "law.png", "runs.csv"]  # no temporary files left
     plan_png = tmp_path / "plan.svg"
-    assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9", "--json", "-", "--plot", str(plan_png)]) == 0
+    assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9", "--json", "-",
+                           "--plot", str(plan_png)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["loss_ci"][0] <= plan["loss"] <= plan["loss_ci"][1]
     assert b"<svg" in plan_png.read_bytes()[:500]  # the format follows the extension
@@ -254,7 +254,8 @@ def test_fit_from_an_mlflow_experiment_reads_only_training_runs(tmp_path, capsys
     points = synthetic_points(noise=0.003)
     for n, d, loss in zip(points.N, points.D, points.loss):
         run = client.create_run(experiment, tags={"blueberry.kind": "trial", "status": "finished"}).info.run_id
-        client.log_batch(run, metrics=[Metric("final/val_loss", float(loss), 0, 0), Metric("final/tokens", float(d), 0, 0)],
+        client.log_batch(run, metrics=[Metric("final/val_loss", float(loss), 0, 0),
+                                       Metric("final/tokens", float(d), 0, 0)],
                          params=[Param("N", str(int(n))), Param("D", str(int(d)))])
         client.set_terminated(run)
     diverged = client.create_run(experiment, tags={"blueberry.kind": "trial", "status": "diverged"}).info.run_id

@@ -4,7 +4,10 @@
     blueberry-scale fit --experiment scaling-grid --bootstrap 1000 --json law.json --plot law.png
     blueberry-scale hparams --csv sweeps.csv --json hparams.json
     blueberry-scale plan --law law.json --params 8e9 --gpu h100 --mfu 0.4 --price-per-gpu-hour 2.5
-    blueberry-scale plan --law chinchilla --params 8e9 --tokens 15e12 --gpu h100 --mfu 0.4
+    blueberry-scale plan --law chinchilla --params 8e9 --tokens 15e12 --gpu h100 --mfu 0.4 --dataset fineweb
+    blueberry-scale backtest --csv chinchilla --exclude-top 5 --holdout N --holdout-min 1e9
+    blueberry-scale downstream --experiment scaling_grid --metric val/hellaswag/acc_norm --chance 0.25 --json ds.json
+    blueberry-scale plan --law law.json --params 1e9 --downstream ds.json --accuracy-goal 0.2945
 
 Each subcommand imports what it uses (SciPy, matplotlib, MLflow) inside its own function, so `--help`
 and a flag error do not wait for them. Output paths are checked before any fit, and files are written
@@ -21,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from blueberry.cli.common import ArgumentParser, positive_float, run_command
+from blueberry.cli.common import ArgumentParser, positive_float, positive_int, run_command
 from blueberry.core.hardware import GPU_ALIASES
 from blueberry.errors import UserError
 from blueberry.files import write_atomic
 from blueberry.models.lm.config import PRESETS
+from blueberry.scaling.datasets import CORPORA
 
 PROG = "blueberry-scale"
 # Besiroglu et al. 2024 (Epoch AI), "Chinchilla Scaling: A replication attempt", Table 1.
@@ -47,12 +51,7 @@ def build_parser() -> ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta")
     add_source_flags(fit)
-    fit.add_argument("--params-col", default="N", help="column of parameter counts N (default: N)")
-    tokens = fit.add_mutually_exclusive_group()
-    tokens.add_argument("--tokens-col", help="column of training tokens D (default: D; final/tokens for MLflow)")
-    tokens.add_argument("--flops-col", help="column of training FLOPs C instead of tokens: D = C / 6N")
-    fit.add_argument("--loss-col", help="column of final losses (default: loss; final/val_loss for MLflow)")
-    fit.add_argument("--exclude-top", type=int, default=0, metavar="K", help="drop the K highest-loss points")
+    add_column_flags(fit)
     fit.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap refits (default 200)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the fit as JSON (stdout if no FILE)")
@@ -83,12 +82,63 @@ def build_parser() -> ArgumentParser:
     plan.add_argument("--gpu", default="h100", help=f"one of {', '.join(GPU_ALIASES)} (default h100)")
     plan.add_argument("--mfu", type=positive_float, default=0.4, help="model FLOPs utilisation (default 0.4)")
     plan.add_argument("--price-per-gpu-hour", type=positive_float, help="to turn GPU-hours into money")
+    plan.add_argument("--estimate-gpu-hours", type=positive_float, metavar="HOURS",
+                      help="an estimate to check: the MFU it needs for this plan")
+    plan.add_argument("--gpus", type=positive_int, default=1024, help="wall-clock time on this many GPUs")
+    plan.add_argument("--deadline-days", type=positive_float, default=90.0,
+                      help="and the GPUs needed to finish within this many days")
+    data = plan.add_mutually_exclusive_group()
+    data.add_argument("--dataset", choices=list(CORPORA), help="the corpus to train on: how many epochs D is")
+    data.add_argument("--dataset-tokens", type=positive_float, help="or the tokens another corpus holds")
+    plan.add_argument("--downstream", type=Path, metavar="FILE",
+                      help="a `downstream --json` file: predict the planned model's accuracy")
+    plan.add_argument("--accuracy-goal", type=float, metavar="ACC",
+                      help="with --downstream: the compute at which a compute-optimal model reaches this accuracy "
+                           "(e.g. 0.2945, GPT-2 124M's HellaSwag acc_norm)")
     plan.add_argument("--hparams", type=Path, help="an `hparams --json` file (default: DeepSeek's AdamW laws)")
     plan.add_argument("--vocab", type=int, default=49152, help="vocabulary of the planned model (default 49152)")
     plan.add_argument("--json", nargs="?", const="-", metavar="FILE")
     plan.add_argument("--plot", type=Path, metavar="FILE.png",
                       help="draw the plan on the law's loss-compute plane (with --csv/--experiment: and the runs)")
+
+    bt = commands.add_parser("backtest", help="fit the smaller runs, predict the larger: error and interval coverage")
+    add_source_flags(bt)
+    add_column_flags(bt)
+    bt.add_argument("--holdout", choices=("compute", "N"), default="compute", help="hold out the largest runs by this")
+    held = bt.add_mutually_exclusive_group()
+    held.add_argument("--holdout-min", type=positive_float, metavar="X",
+                      help="hold out runs whose compute (or N) is at least X")
+    held.add_argument("--holdout-fraction", type=float, metavar="F",
+                      help="hold out the largest fraction F of the runs (default 0.2 when --holdout-min is not given)")
+    bt.add_argument("--level", type=float, default=0.8, help="nominal coverage of the prediction intervals")
+    bt.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap refits for the intervals")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the backtest, run by run, as JSON")
+    bt.add_argument("--plot", type=Path, metavar="FILE.png", help="draw each run's error and the intervals")
+
+    ds = commands.add_parser("downstream", help="fit downstream accuracy against loss with a sigmoid")
+    add_source_flags(ds)
+    ds.add_argument("--metric", default="val/core",
+                    help="column of the accuracy (default val/core; e.g. val/hellaswag/acc_norm)")
+    ds.add_argument("--loss-col", help="column of the loss (default: loss; final/val_loss for MLflow)")
+    ds.add_argument("--chance", type=float,
+                    help="fix the floor at chance accuracy (0.25 for four choices; default 0 for a CORE metric, "
+                         "fitted otherwise)")
+    ds.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap refits")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="write the fit as JSON (for plan --downstream)")
+    ds.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the runs and the fitted curve")
     return parser
+
+
+def add_column_flags(parser: ArgumentParser) -> None:
+    parser.add_argument("--params-col", default="N", help="column of parameter counts N (default: N)")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--tokens-col", help="column of training tokens D (default: D; final/tokens for MLflow)")
+    tokens.add_argument("--flops-col", help="column of training FLOPs C instead of tokens: D = C / 6N")
+    parser.add_argument("--loss-col", help="column of final losses (default: loss; final/val_loss for MLflow)")
+    parser.add_argument("--exclude-top", type=int, default=0, metavar="K", help="drop the K highest-loss points")
 
 
 def _rows(args):
@@ -168,7 +218,9 @@ def _emit_json(payload: dict, where: str) -> None:
         _write(where, text + "\n")
 
 
-def fit_payload(points, fit, boot, isoflop) -> dict:
+def fit_payload(points, fit, boot, isoflop, source: str | None = None) -> dict:
+    from blueberry.scaling.law import DataRange
+
     payload: dict[str, object] = {}
     for name in ("E", "A", "B", "alpha", "beta"):
         payload[name] = boot.summary(name, getattr(fit.law, name)) if boot else {"estimate": getattr(fit.law, name),
@@ -177,6 +229,8 @@ def fit_payload(points, fit, boot, isoflop) -> dict:
         payload[name] = boot.summary(name, value) if boot else {"estimate": value, "se": None, "ci": None}
     payload["fit"] = {"points": len(points), "objective": fit.objective, "converged": fit.converged,
                       "method": "Chinchilla approach 3: Huber(delta=1e-3) on log loss, L-BFGS"}
+    payload["source"] = source
+    payload["data_range"] = DataRange.of(points.N, points.D).to_dict()  # for plan's extrapolation warnings
     if boot:
         payload["bootstrap_samples"] = {k: v.tolist() for k, v in boot.samples.items()}
     if isoflop is not None:
@@ -223,7 +277,7 @@ def cmd_fit(args) -> None:
         isoflop = fit_isoflop(points)
     except UserError:
         isoflop = None  # approach 2 needs several sizes per budget; many datasets do not have them
-    payload = fit_payload(points, fit, boot, isoflop)
+    payload = fit_payload(points, fit, boot, isoflop, source)
     image = render_law(points, fit.law, plot_format) if args.plot else None
     if args.json != "-":
         print(fit_table(payload, source))
@@ -245,14 +299,17 @@ def cmd_hparams(args) -> None:
         N = column(rows, args.params_col, source)
         D = column(rows, args.tokens_col or ("final/tokens" if from_mlflow else "D"), source)
         compute = [6 * n * d for n, d in zip(N, D)]
-    lr = column(rows, args.lr_col or ("train.muon_lr" if from_mlflow else "lr"), source)
+    lr_col = args.lr_col or ("train.muon_lr" if from_mlflow else "lr")  # a study's Muon LR by default
+    lr = column(rows, lr_col, source)
     batch = column(rows, args.batch_col or "batch_tokens", source)
     loss = column(rows, args.loss_col or ("final/val_loss" if from_mlflow else "loss"), source)
-    laws = fit_hparam_laws([Trial(*t) for t in zip(compute, lr, batch, loss)], args.bootstrap, args.seed)
+    laws = fit_hparam_laws([Trial(*t) for t in zip(compute, lr, batch, loss)], args.bootstrap, args.seed,
+                           source=f"{source}, LR column {lr_col}")
     if args.json != "-":
         print(f"Hyperparameter laws from {source} ({len(laws.budgets)} compute budgets)")
         for name, law in (("lr", laws.lr), ("batch (tokens)", laws.batch_tokens)):
-            ci = f" (exponent 95% interval [{law.exponent_ci[0]:.3f}, {law.exponent_ci[1]:.3f}])" if law.exponent_ci else ""
+            ci = (f" (exponent 95% interval [{law.exponent_ci[0]:.3f}, {law.exponent_ci[1]:.3f}])"
+                  if law.exponent_ci else "")
             print(f"  {name:15} = {law.coefficient:.4g} C^{law.exponent:.4f}{ci}")
         print(f"  {'C':>10}  {'best lr':>10} {'law':>10} {'ratio':>6}   {'best batch':>10} {'law':>10} {'ratio':>6}")
         for b in laws.budgets:
@@ -263,55 +320,48 @@ def cmd_hparams(args) -> None:
         _emit_json(laws.to_dict(), args.json)
 
 
+def chinchilla_range():
+    """The runs Epoch AI's refit used: the shipped Chinchilla runs less the 5 highest-loss ones."""
+    from blueberry.scaling.datasets import NAMED
+    from blueberry.scaling.fit import ScalingPoints
+    from blueberry.scaling.law import DataRange
+    from blueberry.scaling.runs import column, read_csv
+
+    dataset = NAMED["chinchilla"]
+    rows = read_csv(dataset.path)
+    points = ScalingPoints.from_compute(column(rows, dataset.params_col, "chinchilla"),
+                                        column(rows, dataset.flops_col, "chinchilla"),
+                                        column(rows, dataset.loss_col, "chinchilla")).exclude_top(5)
+    return DataRange.of(points.N, points.D)
+
+
 def load_law(args):
-    """(law, bootstrap samples or None, description, the fitted points or None) from --law or a fit of
-    --csv/--experiment."""
+    """(law, bootstrap samples or None, where it comes from, the fitted points or None, the range of the runs it
+    was fitted on or None) from --law or a fit of --csv/--experiment."""
     from blueberry.scaling.fit import bootstrap_law, fit_law
-    from blueberry.scaling.law import Law, read_law_json
+    from blueberry.scaling.law import DataRange, Law, read_law_file
 
     if args.law == "chinchilla":
-        return Law(**{k: v[0] for k, v in CHINCHILLA.items()}), None, "Chinchilla (Epoch AI 2024 refit)", None
+        return (Law(**{k: v[0] for k, v in CHINCHILLA.items()}), None,
+                "Chinchilla's law (Hoffmann et al. 2022 runs, Epoch AI 2024 refit), not fitted to the lab's runs",
+                None, chinchilla_range())
     if args.law:
-        law, samples = read_law_json(Path(args.law))
-        return law, samples, args.law, None
+        read = read_law_file(Path(args.law))
+        return (read.law, read.samples, f"the fit in {args.law} (of {read.source or 'runs it does not record'})", None,
+                read.data_range)
     args.params_col, args.tokens_col, args.flops_col, args.loss_col = "N", None, None, None
     points, source = load_points(args)
     fit = fit_law(points)
-    return fit.law, bootstrap_law(points, fit, 200).samples, f"fit of {source}", points
-
-
-def plan_text(plan, law_source: str) -> str:
-    from blueberry.core.hardware import gpu_peak_flops
-
-    a = plan.architecture
-    lines = [f"Plan under {law_source}",
-             f"  size & data      N = {plan.N:.3e} parameters, D = {plan.D:.3e} tokens "
-             f"({plan.tokens_per_param:.1f} tokens per parameter)",
-             f"  compute          C = 6ND = {plan.C:.3e} FLOP"]
-    ci = f"  (95% interval {plan.loss_ci[0]:.3f} to {plan.loss_ci[1]:.3f})" if plan.loss_ci else ""
-    lines.append(f"  predicted loss   {plan.loss:.4f}{ci}")
-    lines.append(f"  compute-optimal  at this C: N = {plan.optimal_N:.3e}, D = {plan.optimal_D:.3e}, "
-                 f"loss {plan.optimal_loss:.4f}")
-    excess = plan.C / plan.optimal_compute_for_same_loss
-    if excess > 1.001:
-        lines.append(f"                   this plan is {plan.N / plan.optimal_N:.2f}x the optimal size; a compute-optimal "
-                     f"model reaches the same loss with {1 / excess:.1%} of the compute")
-    lines.append(f"  hyperparameters  peak LR {plan.lr:.3g}, batch {plan.batch_tokens:.3g} tokens "
-                 f"({plan.batch_tokens / a.seq_len:,.0f} sequences of {a.seq_len})  [{plan.hparams_source}]")
-    cost = f" = ${plan.cost:,.0f}" if plan.cost is not None else ""
-    lines.append(f"  cost             {plan.gpu_hours:,.0f} {plan.gpu.upper()}-hours at MFU {plan.mfu:.0%} "
-                 f"(peak {gpu_peak_flops(plan.gpu) / 1e12:.0f} TFLOP/s){cost}")
-    lines.append(f"  architecture     d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads ({a.n_kv_heads} KV), "
-                 f"d_ff {a.d_ff}, {a.mlp}, vocab {a.vocab_size}, seq_len {a.seq_len}: "
-                 f"{plan.architecture_params:,} parameters ({plan.architecture_params / plan.N - 1:+.2%})")
-    return "\n".join(lines)
+    return (fit.law, bootstrap_law(points, fit, 200).samples, f"a fit of {source}, done now", points,
+            DataRange.of(points.N, points.D))
 
 
 def cmd_plan(args) -> None:
     from blueberry.models.lm.config import preset
     from blueberry.models.lm.model import count_params
-    from blueberry.scaling.hparams import HparamLaws
-    from blueberry.scaling.plan import Target, make_plan
+    from blueberry.scaling.downstream import read_downstream_json
+    from blueberry.scaling.hparams import read_hparams_json
+    from blueberry.scaling.plan import Target, make_plan, plan_text
 
     check_output(args.json, "--json")
     check_output(args.plot, "--plot")
@@ -325,27 +375,96 @@ def cmd_plan(args) -> None:
         architecture = preset(args.preset)
         params = float(count_params(architecture).total)
     target = Target(params=params, tokens=args.tokens, flops=args.flops, gpu_hours=args.gpu_hours, gpu=args.gpu,
-                    mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour)
-    hparams = None
-    if args.hparams:
-        try:
-            hparams = HparamLaws.from_dict(json.loads(Path(args.hparams).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):  # ValueError: not UTF-8, not JSON
-            raise UserError(f"{args.hparams} is not a readable `blueberry-scale hparams --json` file") from None
-    law, samples, law_source, points = load_law(args)  # last: with --csv/--experiment it fits and bootstraps
-    plan = make_plan(law, target, samples, hparams, vocab_size=args.vocab, architecture=architecture)
+                    mfu=args.mfu, price_per_gpu_hour=args.price_per_gpu_hour, gpus=args.gpus,
+                    deadline_days=args.deadline_days, dataset=args.dataset, dataset_tokens=args.dataset_tokens,
+                    estimate_gpu_hours=args.estimate_gpu_hours)
+    hparams = read_hparams_json(args.hparams) if args.hparams else None
+    if args.accuracy_goal is not None and not -1 <= args.accuracy_goal <= 1:
+        raise UserError(f"--accuracy-goal must be an accuracy in [-1, 1] (a fraction, or a centred CORE score), "
+                        f"got {args.accuracy_goal}")
+    if args.accuracy_goal is not None and args.downstream is None:
+        raise UserError("--accuracy-goal needs --downstream FILE (from `blueberry-scale downstream --json FILE`)")
+    downstream = read_downstream_json(args.downstream) if args.downstream else None
+    if downstream is not None and args.law == "chinchilla":
+        raise UserError("--downstream maps the lab's validation loss to accuracy, but --law chinchilla predicts loss "
+                        "on Chinchilla's data and tokenizer: plan with a law fitted to the same runs (--law FILE, "
+                        "--csv, --experiment)")
+    law, samples, law_source, points, data_range = load_law(args)  # last: with --csv/--experiment it fits
+    plan = make_plan(law, target, samples, hparams, vocab_size=args.vocab, architecture=architecture,
+                     law_source=law_source, data_range=data_range, downstream=downstream,
+                     accuracy_goal=args.accuracy_goal)
     image = render_law(points, law, plot_format, plan) if args.plot else None
     if args.json != "-":
-        print(plan_text(plan, law_source))
+        print(plan_text(plan))
     if args.json:
         _emit_json(plan.to_dict(), args.json)
     if image is not None:
         _write(args.plot, image)
 
 
+def cmd_backtest(args) -> None:
+    from blueberry.scaling.backtest import Holdout, backtest_text, run_backtest
+
+    check_output(args.json, "--json")
+    check_output(args.plot, "--plot")
+    fraction = args.holdout_fraction if args.holdout_fraction is not None or args.holdout_min is not None else 0.2
+    holdout = Holdout(by=args.holdout, threshold=args.holdout_min, fraction=fraction)
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be in (0, 1), got {args.level}")
+    if args.plot:
+        from blueberry.scaling.plots import backtest_figure_bytes, image_format
+
+        plot_format = image_format(args.plot)
+    points, source = load_points(args)
+    result = run_backtest(points, holdout, level=args.level, bootstrap=args.bootstrap, seed=args.seed)
+    image = backtest_figure_bytes(result, plot_format) if args.plot else None
+    if args.json != "-":
+        print(backtest_text(result, source))
+    if args.json:
+        _emit_json({**result.to_dict(), "source": source}, args.json)
+    if image is not None:
+        _write(args.plot, image)
+
+
+def cmd_downstream(args) -> None:
+    from blueberry.scaling.downstream import downstream_text, fit_downstream, payload
+    from blueberry.scaling.runs import column
+
+    check_output(args.json, "--json")
+    check_output(args.plot, "--plot")
+    if args.bootstrap < 0 or args.bootstrap == 1:
+        raise UserError(f"--bootstrap must be 0 (no intervals) or at least 2, got {args.bootstrap}")
+    if args.plot:
+        from blueberry.scaling.plots import downstream_figure_bytes, image_format
+
+        plot_format = image_format(args.plot)
+    rows, source, from_mlflow = _rows(args)
+    loss_col = args.loss_col or ("final/val_loss" if from_mlflow else "loss")
+    evaluated = [r for r in rows if r.get(args.metric) not in (None, "") and r.get(loss_col) not in (None, "")]
+    if not evaluated:
+        metrics = sorted({k for r in rows for k in r if k.startswith("val/") or k.endswith(("acc", "acc_norm"))})
+        raise UserError(f"no run of {source} has both {args.metric!r} and {loss_col!r} (accuracy-like columns: "
+                        f"{', '.join(metrics)[:200] or 'none'}); choose them with --metric and --loss-col")
+    floor = args.chance if args.chance is not None else (0.0 if args.metric.split("/")[-1] == "core" else None)
+    fit = fit_downstream(np.array(column(evaluated, loss_col, source)),
+                         np.array(column(evaluated, args.metric, source)), floor=floor, bootstrap=args.bootstrap,
+                         seed=args.seed)
+    skipped = len(rows) - len(evaluated)
+    labels = {"metric": args.metric, "loss_col": loss_col,
+              "source": source + (f" ({skipped} runs without the metric left out)" if skipped else "")}
+    image = downstream_figure_bytes(fit, labels, plot_format) if args.plot else None
+    if args.json != "-":
+        print(downstream_text(fit, labels))
+    if args.json:
+        _emit_json(payload(fit, **labels), args.json)
+    if image is not None:
+        _write(args.plot, image)
+
+
 def main_body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    {"fit": cmd_fit, "hparams": cmd_hparams, "plan": cmd_plan}[args.command](args)
+    {"fit": cmd_fit, "hparams": cmd_hparams, "plan": cmd_plan, "backtest": cmd_backtest,
+     "downstream": cmd_downstream}[args.command](args)
     return 0
 
 

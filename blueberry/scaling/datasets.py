@@ -1,9 +1,15 @@
-"""Scaling data that ships with Blueberry, named on the command line (`--csv chinchilla`).
+"""Data that ships with Blueberry or that a plan names.
 
-`chinchilla`: the 245 training runs of Hoffmann et al. (2022), Figure 4, as Epoch AI extracted them
-from the paper's SVG for their replication (Besiroglu et al., 2024, "Chinchilla Scaling: A
-replication attempt"): model size, training FLOPs and final loss per run. It is what
-`blueberry-scale fit` is checked against (`tests/test_scaling.py` reproduces Epoch AI's refit).
+Scaling runs named on the command line (`--csv chinchilla`): the 245 training runs of Hoffmann et al.
+(2022), Figure 4, as Epoch AI extracted them from the paper's SVG for their replication (Besiroglu
+et al., 2024, "Chinchilla Scaling: A replication attempt"): model size, training FLOPs and final loss
+per run. It is what `blueberry-scale fit` is checked against (`tests/test_scaling.py` reproduces Epoch
+AI's refit).
+
+Training corpora a plan names (`blueberry-scale plan --dataset fineweb`): how many tokens each holds, so
+a plan can say how many epochs its D means. The counts are the dataset cards' headline figures, each in
+the tokenizer its card counts with (where the card names one); another tokenizer of similar vocabulary
+(SmolLM2's 49,152 against GPT-2's 50,257) gives a count within some percent of it, not the same count.
 """
 
 from __future__ import annotations
@@ -33,3 +39,23 @@ NAMED = {
 def named(name: str | Path | None) -> NamedDataset | None:
     """The shipped dataset `name` stands for, or None for a file path."""
     return NAMED.get(str(name)) if name is not None else None
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A pretraining corpus: its Hugging Face name, the tokens it holds and where that count comes from."""
+
+    hub: str
+    tokens: float
+    tokenizer: str
+    source: str
+
+
+CORPORA = {
+    "fineweb": Corpus("HuggingFaceFW/fineweb", 15e12, "GPT-2", "dataset card: 15 trillion tokens (v1.0)"),
+    "fineweb-edu": Corpus("HuggingFaceFW/fineweb-edu", 1.3e12, "GPT-2", "dataset card: 1.3T tokens"),
+    "dclm-baseline": Corpus("mlfoundations/dclm-baseline-1.0", 4e12, "not named on the card",
+                            "dataset card: 4T tokens, 3B documents"),
+    "blueberry-1b": Corpus("vukrosic/blueberry-1B-pretrain", 1e9, "SmolLM2-135M",
+                           "its name: about 1B tokens (the marathon-1b recipe reads 1.012e9 training tokens from it)"),
+}

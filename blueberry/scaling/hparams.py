@@ -8,7 +8,10 @@ bootstrap intervals over budgets.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -94,27 +97,78 @@ class HparamLaws:
     lr: PowerLaw
     batch_tokens: PowerLaw
     budgets: list[BudgetBest]
+    source: str | None = None  # the runs the laws were fitted to (and the LR column), for a plan to cite
 
     def to_dict(self) -> dict[str, object]:
         return {"lr": self.lr.to_dict(), "batch_tokens": self.batch_tokens.to_dict(),
-                "budgets": [b.__dict__ for b in self.budgets]}
+                "budgets": [b.__dict__ for b in self.budgets], "source": self.source}
 
     @classmethod
     def from_dict(cls, raw: dict) -> HparamLaws:
         return cls(PowerLaw.from_dict(raw["lr"]), PowerLaw.from_dict(raw["batch_tokens"]),
-                   [BudgetBest(**b) for b in raw.get("budgets", [])])
+                   [BudgetBest(**b) for b in raw.get("budgets", [])], raw.get("source"))
 
 
-def fit_hparam_laws(trials: list[Trial], bootstrap: int = 1000, seed: int = 0) -> HparamLaws:
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_hparams_json(path: Path) -> HparamLaws:
+    """Laws from a `blueberry-scale hparams --json` file, each value checked: a coefficient that is not a
+    positive finite number, an exponent that is not finite, an interval that is not two numbers, or a
+    budget row that is not numbers is a one-line `UserError` naming the entry."""
+    redo = "write it again with `blueberry-scale hparams --json`"
+    if path.is_dir():
+        raise UserError(f"--hparams {path} is a directory: give the `blueberry-scale hparams --json` file in it")
+    if not path.is_file():
+        raise UserError(f"--hparams {path} does not exist: write one with `blueberry-scale hparams --json {path}`")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: bytes that are not UTF-8, text that is not JSON
+        raise UserError(f"--hparams {path} is not a `blueberry-scale hparams --json` file (not JSON text): "
+                        f"{redo}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--hparams {path}: expected a JSON object with lr and batch_tokens: {redo}")
+    for name in ("lr", "batch_tokens"):
+        entry = raw.get(name)
+        if not isinstance(entry, dict):
+            raise UserError(f"--hparams {path}: {name} must be an object with coefficient and exponent "
+                            f"(got {entry!r:.60}): {redo}")
+        coefficient, exponent = entry.get("coefficient"), entry.get("exponent")
+        if not _finite(coefficient) or coefficient <= 0:
+            raise UserError(f"--hparams {path}: {name}.coefficient must be a positive finite number "
+                            f"(got {coefficient!r:.60}): {redo}")
+        if not _finite(exponent):
+            raise UserError(f"--hparams {path}: {name}.exponent must be a finite number (got {exponent!r:.60}): "
+                            f"{redo}")
+        for ci in ("exponent_ci", "coefficient_ci"):
+            value = entry.get(ci)
+            if value is not None and not (isinstance(value, list) and len(value) == 2 and all(map(_finite, value))):
+                raise UserError(f"--hparams {path}: {name}.{ci} must be null or two numbers (got {value!r:.60}): "
+                                f"{redo}")
+    budgets = raw.get("budgets", [])
+    fields = ("compute", "lr", "batch_tokens", "loss", "trials")
+    if not isinstance(budgets, list) or not all(isinstance(b, dict) and set(b) == set(fields)
+                                                and all(_finite(b[k]) for k in fields) for b in budgets):
+        raise UserError(f"--hparams {path}: budgets must be a list of objects of numbers {', '.join(fields)}: "
+                        f"{redo}")
+    source = raw.get("source")
+    if source is not None and not isinstance(source, str):
+        raise UserError(f"--hparams {path}: source must be text (got {source!r:.60}): {redo}")
+    return HparamLaws.from_dict(raw)
+
+
+def fit_hparam_laws(trials: list[Trial], bootstrap: int = 1000, seed: int = 0, source: str | None = None) -> HparamLaws:
     budgets = best_per_budget(trials)
     if len(budgets) < 2:
         raise UserError(f"hyperparameter laws need sweeps at two or more compute budgets; found {len(budgets)}")
     C = np.array([b.compute for b in budgets])
     return HparamLaws(lr=fit_power_law(C, np.array([b.lr for b in budgets]), bootstrap, seed),
                       batch_tokens=fit_power_law(C, np.array([b.batch_tokens for b in budgets]), bootstrap, seed),
-                      budgets=budgets)
+                      budgets=budgets, source=source)
 
 
 def deepseek_laws() -> HparamLaws:
     """DeepSeek LLM's published AdamW laws, the reference when no sweep of ours covers the budget."""
-    return HparamLaws(PowerLaw(*DEEPSEEK_LR), PowerLaw(*DEEPSEEK_BATCH_TOKENS), [])
+    return HparamLaws(PowerLaw(*DEEPSEEK_LR), PowerLaw(*DEEPSEEK_BATCH_TOKENS), [],
+                      "DeepSeek LLM (2024) AdamW laws, not fitted for Muon")

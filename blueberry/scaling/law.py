@@ -6,7 +6,8 @@ tokens, and training compute C = 6 N D. Minimising L at fixed C gives (Hoffmann 
     N_opt(C) = G (C/6)^a,   D_opt(C) = G^-1 (C/6)^b,
     G = (alpha A / (beta B))^(1 / (alpha + beta)),  a = beta / (alpha + beta),  b = alpha / (alpha + beta).
 
-`read_law_json` reads a law back from `blueberry-scale fit --json` and refuses one these formulas cannot use.
+`read_law_json` reads a law back from `blueberry-scale fit --json` and refuses one these formulas cannot use;
+`DataRange` is what the law was fitted on, so a plan can say how far beyond it it goes.
 """
 
 from __future__ import annotations
@@ -63,17 +64,67 @@ class Law:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DataRange:
+    """The runs a law was fitted on, by their extremes: a plan past any of them is an extrapolation."""
+
+    runs: int
+    N_max: float
+    D_max: float
+    C_max: float
+    tokens_per_param_max: float
+
+    @classmethod
+    def of(cls, N: np.ndarray, D: np.ndarray) -> DataRange:
+        N, D = np.asarray(N, np.float64), np.asarray(D, np.float64)
+        return cls(runs=len(N), N_max=float(N.max()), D_max=float(D.max()), C_max=float((6 * N * D).max()),
+                   tokens_per_param_max=float((D / N).max()))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def beyond(self, N: float, D: float) -> list[str]:
+        """What of (N, D) lies past the runs, each with its factor: empty inside the data's range."""
+        out = []
+        for what, value, largest in (("parameters N", N, self.N_max), ("tokens D", D, self.D_max),
+                                     ("compute C", 6 * N * D, self.C_max),
+                                     ("tokens per parameter", D / N, self.tokens_per_param_max)):
+            if value > largest * (1 + 1e-9):
+                out.append(f"{what} {value:.3g} is {value / largest:.3g}x the largest of the fit's runs "
+                           f"({largest:.3g})")
+        return out
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class LawFile:
+    """What a `fit --json` file holds for a plan. `data_range` and `source` are None in files written
+    before `fit --json` recorded them."""
+
+    law: Law
+    samples: dict[str, np.ndarray] | None  # bootstrap draws, one array per parameter
+    data_range: DataRange | None
+    source: str | None
+
+
 def read_law_json(path: Path) -> tuple[Law, dict[str, np.ndarray] | None]:
-    """The law and its bootstrap samples (one array per parameter, or None) from a `fit --json` file.
+    """The law and its bootstrap samples (one array per parameter, or None) from a `fit --json` file
+    (`read_law_file` for the rest)."""
+    read = read_law_file(path)
+    return read.law, read.samples
+
+
+def read_law_file(path: Path) -> LawFile:
+    """The law, its bootstrap samples, the range of the runs it was fitted on and their source, from a
+    `fit --json` file.
 
     Refused with a one-line `UserError`: a file that is not a JSON object, an estimate that is missing
     or not a finite number, E < 0, or A, B, alpha, beta <= 0 (the loss would not fall with N and D, and
     G, a, b divide by zero or go complex); samples that are not one flat list of finite numbers per
-    parameter, all of one length.
+    parameter, all of one length; a data range that is not positive numbers.
     """
     if path.is_dir():
         raise UserError(f"law file {path} is a directory: give the `blueberry-scale fit --json` file in it")
@@ -98,9 +149,11 @@ def read_law_json(path: Path) -> tuple[Law, dict[str, np.ndarray] | None]:
             raise UserError(f"{path}: {name} must be {bound} for a law whose loss falls with N and D, got {value}: "
                             f"{refit}")
         values[name] = float(value)
+    data_range = _data_range(raw.get("data_range"), path, refit)
+    source = raw.get("source") if isinstance(raw.get("source"), str) else None
     samples = raw.get("bootstrap_samples")
     if samples is None:
-        return Law(**values), None
+        return LawFile(Law(**values), None, data_range, source)
     if not isinstance(samples, dict):
         raise UserError(f"{path}: bootstrap_samples must be an object of lists, one per parameter: {refit}")
     arrays = {}
@@ -115,4 +168,15 @@ def read_law_json(path: Path) -> tuple[Law, dict[str, np.ndarray] | None]:
     if len({len(draws) for draws in arrays.values()}) > 1:
         raise UserError(f"{path}: bootstrap_samples lists differ in length "
                         f"({', '.join(f'{k} {len(v)}' for k, v in arrays.items())}): {refit}")
-    return Law(**values), arrays
+    return LawFile(Law(**values), arrays, data_range, source)
+
+
+def _data_range(entry: object, path: Path, refit: str) -> DataRange | None:
+    if entry is None:
+        return None
+    names = ("N_max", "D_max", "C_max", "tokens_per_param_max")
+    if not isinstance(entry, dict) or not all(_is_number(entry.get(k)) and math.isfinite(entry[k]) and entry[k] > 0
+                                              for k in (*names, "runs")):
+        raise UserError(f"{path}: data_range must hold positive numbers runs, {', '.join(names)} "
+                        f"(got {entry!r:.60}): {refit}")
+    return DataRange(runs=int(entry["runs"]), **{k: float(entry[k]) for k in names})

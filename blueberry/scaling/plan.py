@@ -1,10 +1,16 @@
 """From a fitted law to a plan a lab can fund: size, tokens, predicted loss, hyperparameters, GPU-hours,
-cost, and a concrete Blueberry architecture."""
+cost at several MFUs, wall-clock time on K GPUs and the GPUs a deadline needs, the epochs of the named
+corpus it takes, how far it extrapolates beyond the law's runs, the downstream accuracy it predicts, where
+each number comes from, and a concrete Blueberry architecture.
+
+Wall-clock time assumes the MFU holds at the GPU count asked for (perfect scaling); at thousands of GPUs
+it usually drops, which the 30/40/50% rows bracket.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -12,8 +18,10 @@ from blueberry.core.hardware import gpu_peak_flops
 from blueberry.errors import UserError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import count_params
+from blueberry.scaling.datasets import CORPORA, Corpus
+from blueberry.scaling.downstream import SigmoidFit, predict_accuracy, quantiles
 from blueberry.scaling.hparams import HparamLaws, deepseek_laws
-from blueberry.scaling.law import Law
+from blueberry.scaling.law import PARAMETER_NAMES, DataRange, Law
 
 DEFAULT_VOCAB = 49152  # the SmolLM2 tokenizer the Blueberry family uses
 # Width-to-depth ratio d_model / n_layers: about 23 for nano-88m, 128 for Llama-3-8B-like models;
@@ -24,6 +32,11 @@ ASPECT_ANCHORS = ((88e6, 23.0), (8e9, 128.0))
 # needs about 1e32 FLOP), far past anything a fitted law predicts, and keep powers of N and C finite.
 MAX_PARAMS = 1e15
 MAX_FLOPS = 1e33
+MFU_TABLE = (0.3, 0.4, 0.5)  # the MFUs every plan is costed at, besides --mfu
+PEAK_SOURCE = "dense bf16 datasheet peak (blueberry/core/hardware.py)"
+# Muennighoff et al. (2023), "Scaling Data-Constrained Language Models": up to about 4 epochs of repeated
+# data is nearly as good as new data; beyond, the value of repeated tokens decays towards nothing.
+EPOCHS_NEARLY_FREE = 4.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,17 @@ class Target:
     gpu: str = "h100"
     mfu: float = 0.4
     price_per_gpu_hour: float | None = None
+    gpus: int = 1024  # wall-clock time is given on this many GPUs
+    deadline_days: float = 90.0  # and the GPU count that finishes within this many days
+    dataset: str | None = None  # a corpus of `CORPORA`, to count epochs
+    dataset_tokens: float | None = None  # or the tokens of another one
+    estimate_gpu_hours: float | None = None  # someone's estimate of the GPU-hours, to check
+
+    @property
+    def corpus(self) -> Corpus | None:
+        if self.dataset_tokens is not None:
+            return Corpus(hub="", tokens=self.dataset_tokens, tokenizer="", source="--dataset-tokens")
+        return CORPORA[self.dataset] if self.dataset is not None else None
 
     @property
     def flags(self) -> str:
@@ -60,6 +84,47 @@ class Target:
             raise UserError(f"--flops {self.flops:g} is beyond any plan: give a compute up to {MAX_FLOPS:g} FLOP")
         if not 0 < self.mfu <= 1:
             raise UserError(f"--mfu must be in (0, 1], got {self.mfu}")
+        if not (isinstance(self.gpus, int) and self.gpus >= 1):
+            raise UserError(f"--gpus must be a whole number of GPUs >= 1, got {self.gpus}")
+        if not (math.isfinite(self.deadline_days) and self.deadline_days > 0):
+            raise UserError(f"--deadline-days must be a positive finite number, got {self.deadline_days}")
+        if self.dataset is not None and self.dataset_tokens is not None:
+            raise UserError("give one of --dataset and --dataset-tokens")
+        if self.dataset is not None and self.dataset not in CORPORA:
+            raise UserError(f"unknown --dataset {self.dataset!r}: use one of {', '.join(CORPORA)}, or give "
+                            "--dataset-tokens")
+        if self.estimate_gpu_hours is not None and not (math.isfinite(self.estimate_gpu_hours)
+                                                         and self.estimate_gpu_hours > 0):
+            raise UserError(f"--estimate-gpu-hours must be a positive finite number, got {self.estimate_gpu_hours}")
+        if self.dataset_tokens is not None and not (math.isfinite(self.dataset_tokens) and self.dataset_tokens > 0):
+            raise UserError(f"--dataset-tokens must be a positive finite number, got {self.dataset_tokens}")
+
+
+@dataclass(frozen=True)
+class Costing:
+    """GPU time and money at one MFU."""
+
+    mfu: float
+    gpu_hours: float
+    cost: float | None
+    days: float  # wall-clock on the plan's GPU count
+    gpus_for_deadline: int
+
+
+@dataclass(frozen=True)
+class DownstreamPrediction:
+    metric: str
+    source: str
+    accuracy: float
+    accuracy_ci: tuple[float, float]  # one model's accuracy: fit uncertainty, loss uncertainty, run scatter
+    loss_range: tuple[float, float]  # the losses of the runs the curve was fitted on
+    goal: float | None = None
+    goal_loss: float | None = None  # the loss at which the fitted curve reaches the goal (nan: it never does)
+    goal_loss_ci: tuple[float, float] | None = None
+    goal_compute: float | None = None  # compute of the compute-optimal model at goal_loss (inf: never)
+    goal_compute_ci: tuple[float, float] | None = None
+    goal_gpu_hours: float | None = None
+    goal_reachable: float | None = None  # the fraction of bootstrap draws in which the curve reaches the goal
 
 
 @dataclass(frozen=True)
@@ -82,15 +147,49 @@ class Plan:
     hparams_source: str
     architecture: ModelConfig
     architecture_params: int
+    law_source: str = "the law given"
+    gpus: int = 1024
+    deadline_days: float = 90.0
+    costing: tuple[Costing, ...] = ()  # at MFU_TABLE and --mfu, by MFU
+    corpus: Corpus | None = None
+    corpus_name: str | None = None
+    data_range: DataRange | None = None  # the runs the law was fitted on; None: not known
+    extrapolation: tuple[str, ...] = ()  # what of the plan lies beyond data_range, by how much
+    downstream: DownstreamPrediction | None = None
+    estimate_gpu_hours: float | None = None
+
+    @property
+    def estimate_mfu(self) -> float | None:
+        """The MFU at which an estimate of the GPU-hours would hold."""
+        return self.mfu * self.gpu_hours / self.estimate_gpu_hours if self.estimate_gpu_hours else None
 
     @property
     def tokens_per_param(self) -> float:
         return self.D / self.N
 
+    @property
+    def days(self) -> float:
+        """Wall-clock days on `gpus` GPUs at the plan's MFU."""
+        return self.gpu_hours / self.gpus / 24
+
+    @property
+    def gpus_for_deadline(self) -> int:
+        return math.ceil(self.gpu_hours / (24 * self.deadline_days))
+
+    @property
+    def epochs(self) -> float | None:
+        return self.D / self.corpus.tokens if self.corpus is not None else None
+
     def to_dict(self) -> dict[str, object]:
-        out = {k: v for k, v in self.__dict__.items() if k != "architecture"}
-        out["tokens_per_param"] = self.tokens_per_param
-        out["architecture"] = self.architecture.__dict__
+        out = {k: v for k, v in self.__dict__.items() if k not in ("architecture", "costing", "corpus", "data_range",
+                                                                     "downstream", "extrapolation")}
+        out |= {"tokens_per_param": self.tokens_per_param, "days": self.days,
+                "gpus_for_deadline": self.gpus_for_deadline, "epochs": self.epochs, "estimate_mfu": self.estimate_mfu,
+                "costing": [asdict(c) for c in self.costing], "extrapolation": list(self.extrapolation),
+                "corpus": asdict(self.corpus) if self.corpus is not None else None,
+                "data_range": self.data_range.to_dict() if self.data_range is not None else None,
+                "downstream": asdict(self.downstream) if self.downstream is not None else None,
+                "architecture": self.architecture.__dict__}
         return out
 
 
@@ -122,7 +221,8 @@ def architecture_for(N: float, vocab_size: int = DEFAULT_VOCAB, seq_len: int = 2
         fixed = count_params(base)
         per_layer_without_ff = fixed.non_embedding - d_model - ff_matrices * d_model * 64
         default_ff = 4 * d_model if mlp == "relu2" else 8 * d_model // 3
-        layers = round((N - vocab_size * d_model - d_model) / (per_layer_without_ff + ff_matrices * d_model * default_ff))
+        layers = round((N - vocab_size * d_model - d_model)
+                       / (per_layer_without_ff + ff_matrices * d_model * default_ff))
         if layers < 1:
             continue
         # With depth fixed, pick the d_ff (multiple of 64) that lands closest to N.
@@ -142,31 +242,79 @@ def architecture_for(N: float, vocab_size: int = DEFAULT_VOCAB, seq_len: int = 2
     return best[1]
 
 
-def _loss_interval(samples: dict[str, np.ndarray] | None, N: float, D: float) -> tuple[float, float] | None:
+def _loss_draws(samples: dict[str, np.ndarray] | None, N: float, D: float) -> np.ndarray | None:
     if not samples:
         return None
-    losses = samples["E"] + samples["A"] / N ** samples["alpha"] + samples["B"] / D ** samples["beta"]
+    return samples["E"] + samples["A"] / N ** samples["alpha"] + samples["B"] / D ** samples["beta"]
+
+
+def _loss_interval(samples: dict[str, np.ndarray] | None, N: float, D: float) -> tuple[float, float] | None:
+    losses = _loss_draws(samples, N, D)
+    if losses is None:
+        return None
     return float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))
 
 
-def _compute_for_loss(law: Law, loss: float) -> float:
-    """The compute at which the compute-optimal model reaches `loss` (bisection in log C)."""
-    if loss <= law.E:
-        return math.inf
-    lo, hi = 1e6, 1e40
+def frontier_compute_for_loss(params: dict[str, np.ndarray], loss: np.ndarray) -> np.ndarray:
+    """Per draw i, the compute at which law i's compute-optimal model reaches loss[i] (bisection in log C,
+    vectorised over draws): inf where the loss is at or below E_i, or nan, which no model reaches."""
+    E, A, B, alpha, beta = (np.asarray(params[k], np.float64) for k in PARAMETER_NAMES)
+    loss = np.broadcast_to(np.asarray(loss, np.float64), E.shape)
+    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+    a, b = beta / (alpha + beta), alpha / (alpha + beta)
+    lo, hi = np.full(E.shape, math.log(1e6)), np.full(E.shape, math.log(1e40))
     for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if law.loss(*law.compute_optimal(mid)) > loss:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+        mid = (lo + hi) / 2
+        C6 = np.exp(mid) / 6
+        frontier = E + A / (G * C6 ** a) ** alpha + B / (C6 ** b / G) ** beta
+        above = frontier > loss
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    out = np.exp(hi)
+    return np.where(np.isnan(loss) | (loss <= E), np.inf, out)
+
+
+def _compute_for_loss(law: Law, loss: float) -> float:
+    """The compute at which the compute-optimal model reaches `loss`."""
+    point = {k: np.array([getattr(law, k)]) for k in PARAMETER_NAMES}
+    return float(frontier_compute_for_loss(point, np.array([loss]))[0])
+
+
+def _downstream(fit: SigmoidFit, labels: dict[str, str], law: Law, samples: dict[str, np.ndarray] | None,
+                N: float, D: float, goal: float | None, target: Target, peak: float) -> DownstreamPrediction:
+    """Accuracy predicted for (N, D), and where a goal accuracy is reached, each with a 95% interval."""
+    draws = _loss_draws(samples, N, D)
+    accuracy, accuracy_ci = predict_accuracy(fit, draws if draws is not None else np.array([law.loss(N, D)]))
+    out = dict(metric=labels["metric"], source=labels["source"], accuracy=accuracy, accuracy_ci=accuracy_ci,
+               loss_range=(float(fit.loss.min()), float(fit.loss.max())))
+    if goal is None:
+        return DownstreamPrediction(**out)
+    point = {k: np.array([getattr(law, k)]) for k in PARAMETER_NAMES}
+    goal_loss = fit.sigmoid.loss_for(goal)
+    goal_compute = float(frontier_compute_for_loss(point, np.array([goal_loss]))[0])
+    # Bootstrap: sigmoid draw i with law draw i (cycled), both resampled from their own runs.
+    sigmoids = fit.draws()
+    laws = samples if samples else point
+    count = max(len(sigmoids), len(laws["E"]))
+    losses = np.array([sigmoids[i % len(sigmoids)].loss_for(goal) for i in range(count)])
+    computes = frontier_compute_for_loss({k: np.resize(v, count) for k, v in laws.items() if k in PARAMETER_NAMES},
+                                         losses)
+    reachable = np.isfinite(losses)
+    loss_ci = quantiles(np.where(reachable, losses, -np.inf), 0.95) if reachable.any() else (math.nan, math.nan)
+    return DownstreamPrediction(**out, goal=goal, goal_loss=goal_loss, goal_loss_ci=loss_ci, goal_compute=goal_compute,
+                                goal_compute_ci=quantiles(computes, 0.95),
+                                goal_gpu_hours=goal_compute / (peak * target.mfu) / 3600,
+                                goal_reachable=float(reachable.mean()))
 
 
 def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = None,
               hparams: HparamLaws | None = None, vocab_size: int = DEFAULT_VOCAB,
-              architecture: ModelConfig | None = None) -> Plan:
-    """The plan for `target` under `law`; `samples` (bootstrap draws of the law) give the loss interval."""
+              architecture: ModelConfig | None = None, *, law_source: str = "the law given",
+              data_range: DataRange | None = None, downstream: tuple[SigmoidFit, dict[str, str]] | None = None,
+              accuracy_goal: float | None = None) -> Plan:
+    """The plan for `target` under `law`; `samples` (bootstrap draws of the law) give the loss interval,
+    `data_range` (the runs the law was fitted on) the extrapolation warnings, `downstream` (a fitted
+    accuracy-loss sigmoid and its labels) the accuracy it predicts and, with `accuracy_goal`, the
+    compute at which a compute-optimal model reaches that accuracy."""
     peak = gpu_peak_flops(target.gpu)
     try:
         if target.params is not None:
@@ -186,9 +334,22 @@ def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = 
     if not N <= MAX_PARAMS:
         raise UserError(f"{target.flags} means a model of N = {N:.3g} parameters under this law, beyond the "
                         f"{MAX_PARAMS:g} a plan can mean: ask for less")
+    if accuracy_goal is not None and downstream is None:
+        raise UserError("--accuracy-goal needs --downstream FILE (from `blueberry-scale downstream --json FILE`)")
     loss = float(law.loss(N, D))
     gpu_hours = C / (peak * target.mfu) / 3600
-    laws, source = (hparams, "fitted") if hparams is not None else (deepseek_laws(), "DeepSeek LLM AdamW law")
+
+    def costing(mfu: float) -> Costing:
+        hours = C / (peak * mfu) / 3600
+        return Costing(mfu=mfu, gpu_hours=hours,
+                       cost=hours * target.price_per_gpu_hour if target.price_per_gpu_hour is not None else None,
+                       days=hours / target.gpus / 24, gpus_for_deadline=math.ceil(hours / (24 * target.deadline_days)))
+
+    if hparams is not None:
+        laws, source = hparams, f"the lab's own fit ({hparams.source or 'its runs not recorded in the file'})"
+    else:
+        laws, source = deepseek_laws(), ("DeepSeek LLM (2024) AdamW laws, not fitted for Muon: fit the lab's own "
+                                         "with `blueberry-scale hparams`")
     arch = architecture if architecture is not None else architecture_for(N, vocab_size)
     return Plan(
         N=N, D=D, C=C, loss=loss, loss_ci=_loss_interval(samples, N, D), optimal_N=optimal_N, optimal_D=optimal_D,
@@ -197,4 +358,106 @@ def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = 
         cost=gpu_hours * target.price_per_gpu_hour if target.price_per_gpu_hour is not None else None,
         lr=float(laws.lr(C)), batch_tokens=float(laws.batch_tokens(C)), hparams_source=source,
         architecture=arch, architecture_params=count_params(arch).total,
+        law_source=law_source, gpus=target.gpus, deadline_days=target.deadline_days,
+        estimate_gpu_hours=target.estimate_gpu_hours,
+        costing=tuple(costing(m) for m in sorted(set(MFU_TABLE) | {target.mfu})),
+        corpus=target.corpus, corpus_name=target.dataset, data_range=data_range,
+        extrapolation=tuple(data_range.beyond(N, D)) if data_range is not None else (),
+        downstream=(_downstream(*downstream, law, samples, N, D, accuracy_goal, target, peak)
+                    if downstream is not None else None),
     )
+
+
+def _money(value: float | None) -> str:
+    return f"${value:,.0f}" if value is not None else "-"
+
+
+def _compute_range(low: float, high: float) -> str:
+    return " to ".join("never" if not math.isfinite(v) else f"{v:.3g}" for v in (low, high))
+
+
+def plan_text(plan: Plan) -> str:
+    """The plan as a funding case: every number, and where each comes from."""
+    a, gpu = plan.architecture, plan.gpu.upper()
+    lines = [f"Plan under {plan.law_source}",
+             f"  size & data      N = {plan.N:.3e} parameters, D = {plan.D:.3e} tokens "
+             f"({plan.tokens_per_param:.1f} tokens per parameter)",
+             f"  compute          C = 6ND = {plan.C:.3e} FLOP"]
+    ci = f"  (95% interval {plan.loss_ci[0]:.3f} to {plan.loss_ci[1]:.3f})" if plan.loss_ci else ""
+    lines.append(f"  predicted loss   {plan.loss:.4f}{ci}")
+    lines.append(f"  compute-optimal  at this C: N = {plan.optimal_N:.3e}, D = {plan.optimal_D:.3e}, "
+                 f"loss {plan.optimal_loss:.4f}")
+    excess = plan.C / plan.optimal_compute_for_same_loss
+    if excess > 1.001:
+        lines.append(f"                   this plan is {plan.N / plan.optimal_N:.2f}x the optimal size; a "
+                     f"compute-optimal model reaches the same loss with {1 / excess:.1%} of the compute")
+    lines.append(f"  hyperparameters  peak LR {plan.lr:.3g}, batch {plan.batch_tokens:.3g} tokens "
+                 f"({plan.batch_tokens / a.seq_len:,.0f} sequences of {a.seq_len})")
+    cost = f" = {_money(plan.cost)}" if plan.cost is not None else ""
+    lines.append(f"  cost             {plan.gpu_hours:,.0f} {gpu}-hours at MFU {plan.mfu:.0%} "
+                 f"(peak {gpu_peak_flops(plan.gpu) / 1e12:.0f} TFLOP/s){cost}")
+    lines.append(f"  time             {plan.days:,.1f} days on {plan.gpus:,} {gpu}s; "
+                 f"{plan.gpus_for_deadline:,} {gpu}s to finish in {plan.deadline_days:g} days")
+    priced = plan.cost is not None
+    lines.append(f"  {'by MFU':15}  {'MFU':>4} {gpu + '-hours':>13}" + (f" {'cost':>14}" if priced else "")
+                 + f" {f'days on {plan.gpus:,}':>14} {f'GPUs for {plan.deadline_days:g} days':>18}")
+    for c in plan.costing:
+        mark = "  <- --mfu" if c.mfu == plan.mfu and plan.mfu not in MFU_TABLE else ""
+        lines.append(f"  {'':15}  {c.mfu:4.0%} {c.gpu_hours:13,.0f}" + (f" {_money(c.cost):>14}" if priced else "")
+                     + f" {c.days:14,.1f} {c.gpus_for_deadline:18,}{mark}")
+    if plan.estimate_gpu_hours is not None:
+        lines.append(f"  the estimate     {plan.estimate_gpu_hours:,.0f} {gpu}-hours holds at MFU "
+                     f"{plan.estimate_mfu:.1%}; at {plan.mfu:.0%} the plan takes "
+                     f"{plan.gpu_hours / plan.estimate_gpu_hours:.2f}x that")
+    if plan.corpus is not None:
+        c = plan.corpus
+        held = (f"{plan.corpus_name} ({c.hub}) holds {c.tokens:.3g} tokens (tokenizer: {c.tokenizer})"
+                if plan.corpus_name else f"the corpus holds {c.tokens:.3g} tokens")
+        lines.append(f"  data             {held}: D is {plan.epochs:.2f} epochs of it")
+        if plan.epochs > EPOCHS_NEARLY_FREE:
+            lines.append(f"  WARNING          {plan.epochs:.3g} epochs: the law counts every token as new; beyond "
+                         f"about {EPOCHS_NEARLY_FREE:g} epochs repeated tokens are worth less (Muennighoff et al. "
+                         "2023), so the loss will be higher than predicted")
+        elif plan.epochs > 1:
+            lines.append(f"  note             {plan.epochs:.2f} epochs: up to about {EPOCHS_NEARLY_FREE:g}, repeating "
+                         "costs little loss (Muennighoff et al. 2023)")
+    else:
+        lines.append("  data             name the corpus (--dataset or --dataset-tokens) to see how many epochs D is")
+    if plan.data_range is None:
+        lines.append("  extrapolation    unknown: the law carries no record of its runs (refit with "
+                     "`blueberry-scale fit --json` to record them)")
+    elif plan.extrapolation:
+        lines.append(f"  EXTRAPOLATION    beyond the {plan.data_range.runs} runs the law was fitted on:")
+        lines += [f"                   {line}" for line in plan.extrapolation]
+    else:
+        lines.append(f"  extrapolation    none: within the {plan.data_range.runs} runs the law was fitted on")
+    if plan.downstream is not None:
+        d = plan.downstream
+        lines.append(f"  downstream       {d.metric} {d.accuracy:.3f} (95% interval {d.accuracy_ci[0]:.3f} to "
+                     f"{d.accuracy_ci[1]:.3f}) at the predicted loss")
+        if not d.loss_range[0] <= plan.loss <= d.loss_range[1]:
+            lines.append(f"  WARNING          the predicted loss {plan.loss:.3f} is outside the evaluated runs' losses "
+                         f"({d.loss_range[0]:.3f} to {d.loss_range[1]:.3f}): the accuracy curve extrapolates")
+        if d.goal is not None:
+            if math.isnan(d.goal_loss):
+                lines.append(f"  goal             {d.metric} {d.goal:g} is beyond the fitted curve's range "
+                             f"({d.goal_reachable:.0%} of bootstrap curves reach it)")
+            else:
+                low, high = d.goal_loss_ci
+                loss_ci = f"{'never' if not math.isfinite(low) else f'{low:.3f}'} to {high:.3f}"
+                lines.append(f"  goal             {d.metric} {d.goal:g} at loss {d.goal_loss:.3f} (95% interval "
+                             f"{loss_ci}): a compute-optimal model gets there at C = {d.goal_compute:.3g} FLOP "
+                             f"({_compute_range(*d.goal_compute_ci)}), {d.goal_gpu_hours:,.0f} {gpu}-hours at MFU "
+                             f"{plan.mfu:.0%}")
+    lines.append("  sources          loss: " + plan.law_source)
+    lines.append("                   LR and batch: " + plan.hparams_source)
+    lines.append("                   GPU-hours: C / (peak x MFU), " + PEAK_SOURCE)
+    if plan.corpus is not None:
+        lines.append(f"                   tokens of {plan.corpus_name or 'the corpus'}: {plan.corpus.source}")
+    if plan.downstream is not None:
+        lines.append(f"                   downstream: sigmoid in loss (Bhagia et al. 2024) fitted to "
+                     f"{plan.downstream.source}")
+    lines.append(f"  architecture     d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads ({a.n_kv_heads} KV), "
+                 f"d_ff {a.d_ff}, {a.mlp}, vocab {a.vocab_size}, seq_len {a.seq_len}: "
+                 f"{plan.architecture_params:,} parameters ({plan.architecture_params / plan.N - 1:+.2%})")
+    return "\n".join(lines)

@@ -106,3 +106,78 @@ def law_figure(points: ScalingPoints | None, law: Law, plan: Plan | None = None)
     ax.legend(loc="upper right", fontsize=9)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _to_bytes(fig: Figure, fmt: str) -> bytes:
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt)
+    plt.close(fig)
+    return image.getvalue()
+
+
+def backtest_figure(result) -> Figure:
+    """Each run's error against the hold-out quantity: fitted runs' residuals in grey, held-out runs'
+    prediction errors with their intervals, blue where the interval holds the run and red where not."""
+    by_compute = result.holdout.by == "compute"
+    x_fit = result.fitted.C if by_compute else result.fitted.N
+    x_held = result.held.C if by_compute else result.held.N
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110, layout="constrained")
+    fitted_error = 100 * (result.fitted.loss / result.fit.law.loss(result.fitted.N, result.fitted.D) - 1)
+    ax.scatter(x_fit, fitted_error, s=14, color="0.6", label=f"fitted runs ({len(x_fit)}): residuals", zorder=2)
+    error = 100 * (result.held.loss / result.predicted - 1)
+    low = 100 * (result.interval[:, 0] / result.predicted - 1)
+    high = 100 * (result.interval[:, 1] / result.predicted - 1)
+    for inside, color, what in ((True, "tab:blue", "inside"), (False, "tab:red", "outside")):
+        k = result.inside == inside
+        if not k.any():
+            continue
+        # The bar is the interval, drawn about 0 (the prediction); the dot is where the run landed.
+        ax.vlines(x_held[k], low[k], high[k], color=color, alpha=0.35, lw=2)
+        ax.scatter(x_held[k], error[k], s=22, color=color, edgecolor="white", linewidth=0.4, zorder=3,
+                   label=f"held-out runs {what} their {result.level:.0%} interval ({int(k.sum())})")
+    boundary = np.sqrt(x_fit.max() * x_held.min())
+    ax.axvline(boundary, color="black", ls="--", lw=1)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute C = 6ND (FLOP)" if by_compute else "parameters N")
+    ax.set_ylabel("loss: observed / predicted - 1 (%)")
+    ax.set_title(f"The law fitted to {len(x_fit)} runs, predicting {len(x_held)} held out ({result.holdout.describe})",
+                 fontsize=11)
+    ax.text(0.01, 0.02, f"bars: each held-out run's {result.level:.0%} prediction interval, about its prediction (0)\n"
+                        f"held out: mean |log error| {result.mean_abs_log_error:.4f}, "
+                        f"{result.level:.0%} intervals cover {result.coverage:.0%}",
+            transform=ax.transAxes, fontsize=9, va="bottom")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def backtest_figure_bytes(result, fmt: str = "png") -> bytes:
+    return _to_bytes(backtest_figure(result), fmt)
+
+
+def downstream_figure(fit, labels: dict[str, str]) -> Figure:
+    """Accuracy against loss: the runs, the fitted sigmoid, the central 95% of the bootstrap curves, and
+    the floor and ceiling it tends to."""
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110, layout="constrained")
+    s = fit.sigmoid
+    span = np.ptp(fit.loss)
+    L = np.linspace(fit.loss.min() - 0.5 * span, fit.loss.max() + 0.5 * span, 300)
+    if fit.samples is not None:
+        curves = np.array([d(L) for d in fit.draws()])
+        low, high = np.percentile(curves, [2.5, 97.5], axis=0)
+        ax.fill_between(L, low, high, color="tab:blue", alpha=0.15, label="95% of bootstrap curves")
+    ax.plot(L, s(L), color="tab:blue", lw=2, label=f"fit: floor {s.floor:.3f}, ceiling {s.ceiling:.3f}, "
+                                                   f"k {s.k:.3g}, L0 {s.L0:.3f}")
+    ax.axhline(s.floor, color="gray", ls=":", lw=1.2, label="floor" + (" (chance, fixed)" if fit.floor_fixed else ""))
+    ax.scatter(fit.loss, fit.accuracy, s=24, color="black", zorder=3, label=f"runs ({len(fit.loss)})")
+    ax.invert_xaxis()  # lower loss (bigger models, more data) to the right
+    ax.set_xlabel(f"{labels['loss_col']} (lower to the right)")
+    ax.set_ylabel(labels["metric"])
+    ax.legend(loc="upper left", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def downstream_figure_bytes(fit, labels: dict[str, str], fmt: str = "png") -> bytes:
+    return _to_bytes(downstream_figure(fit, labels), fmt)
