@@ -170,9 +170,12 @@ def test_scale_says_not_yet_available(capsys):
 def test_console_script_exit_status_from_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "blueberry.cli.train", "--preset", "nope"], capture_output=True,
                           text=True, cwd=tmp_path)
+    from blueberry.models.registry import preset_names
+
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("blueberry-train: error: unknown preset 'nope'; choose one of tiny, small, "
-                                   "nano-88m, nano-151m")
+    known = ", ".join(preset_names())
+    assert proc.stderr.strip() == f"blueberry-train: error: unknown preset 'nope'; choose one of {known}"
+    assert {"tiny", "small", "nano-88m", "nano-151m", "dit-tiny"} <= set(preset_names())  # every kind's presets
 
 
 @pytest.mark.parametrize("args, message", [

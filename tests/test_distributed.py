@@ -1,6 +1,7 @@
 """Ray Train: two CPU workers (gloo DDP) follow one process with the double batch; a worker killed mid-run
 is replaced from the last checkpoint and the run ends exactly where an uninterrupted one does, in one
-MLflow run; a whole job killed and started again with its name resumes."""
+MLflow run, under DDP and under FSDP (whose resumed run ends where the uninterrupted DDP run does); a
+whole job killed and started again with its name resumes."""
 
 import json
 import os
@@ -68,17 +69,21 @@ def test_two_workers_match_one_process_with_the_double_batch(ray_local, builtin_
     assert "train/tokens_per_s_per_worker" in logged.data.metrics
 
 
-def test_killed_worker_restarts_from_checkpoint_and_ends_like_an_uninterrupted_run(ray_local, builtin_data, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_killed_worker_restarts_from_checkpoint_and_ends_like_an_uninterrupted_run(ray_local, builtin_data, tmp_path,
+                                                                                   strategy):
     import psutil
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run = run_config(30, 2, 2)
     data = share(builtin_data)
+    # The uninterrupted reference is a DDP run in both cases: FSDP's gradients, clipping and distributed
+    # Muon give DDP's numbers bit for bit on gloo (tests/test_fsdp.py), so a resumed FSDP run must end there.
     clean = run_distributed(run, data, DistributedConfig(name="clean", workers=2, checkpoint_every=5,
                                                          storage=str(tmp_path / "ray"), tracking_uri=uri))
     outcome = {}
     cfg = DistributedConfig(name="faulty", workers=2, checkpoint_every=5, storage=str(tmp_path / "ray"),
-                            tracking_uri=uri)
+                            tracking_uri=uri, strategy=strategy)
     job = threading.Thread(target=lambda: outcome.setdefault("result", run_distributed(run, data, cfg)))
     job.start()
     deadline = time.time() + 120
@@ -92,7 +97,10 @@ def test_killed_worker_restarts_from_checkpoint_and_ends_like_an_uninterrupted_r
     assert result.metrics["resumed_from_step"] > 0  # the new worker group started from a checkpoint
     # Restored state is exact and gloo's two-rank sums are order-independent, so the runs agree bit for bit.
     assert result.metrics["final/train_loss"] == clean.metrics["final/train_loss"]
-    assert result.metrics["final/val_loss"] == clean.metrics["final/val_loss"]
+    # Under FSDP every rank evaluates every validation row, batched differently than DDP's split: the
+    # batches' float32 mean losses differ in the last bits.
+    assert result.metrics["final/val_loss"] == pytest.approx(clean.metrics["final/val_loss"],
+                                                             rel=0 if strategy == "ddp" else 1e-6)
     _, runs = mlflow_run(uri, "faulty")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 

@@ -1,4 +1,5 @@
-"""Muon's orthogonaliser against an SVD reference in float64, the parameter split, and the schedules."""
+"""Muon's orthogonaliser against an SVD reference in float64 (and its FLOP count against torch's), the
+parameter split, and the schedules."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from blueberry.core.config import TrainConfig
-from blueberry.core.optim import Muon, build_optimizer, lr_multiplier, polar_express, split_params
+from blueberry.core.optim import Muon, build_optimizer, lr_multiplier, polar_express, polar_express_flops, split_params
 from blueberry.models.lm.config import preset
 from blueberry.models.lm.model import Blueberry
 
@@ -105,3 +106,23 @@ def test_schedules():
 
     constant = TrainConfig(schedule="constant", warmup_frac=0.0)
     assert {lr_multiplier(s, total, constant) for s in range(total)} == {1.0}
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (96, 96)])
+def test_polar_express_flops_match_torchs_count(shape):
+    # What the distributed Muon balances across ranks and counts per rank (tests/test_fsdp.py).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        polar_express(torch.randn(*shape), dtype=torch.float32)
+    assert polar_express_flops(shape) == counter.get_total_flops()
+
+
+def test_muon_counts_the_matrices_it_orthogonalises():
+    p, q = torch.nn.Parameter(torch.randn(64, 16)), torch.nn.Parameter(torch.randn(32, 32))
+    opt = Muon([p, q], lr=0.1, ortho_dtype=torch.float32)
+    for _ in range(3):
+        p.grad, q.grad = torch.randn(64, 16), torch.randn(32, 32)
+        opt.step()
+    assert opt.work.matrices == 6
+    assert opt.work.flops == 3 * (polar_express_flops((64, 16)) + polar_express_flops((32, 32)))

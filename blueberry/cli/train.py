@@ -27,8 +27,8 @@ from blueberry.core.events import RunResult
 from blueberry.core.hardware import resolve_device
 from blueberry.errors import ConfigError, UserError
 from blueberry.files import ExclusiveLock, confined, read_json_object, write_atomic
-from blueberry.models.lm.config import PRESETS, ModelConfig
-from blueberry.models.lm.config import preset as preset_config
+from blueberry.models.registry import preset as preset_config
+from blueberry.models.registry import preset_names, train_preset
 from blueberry.models.run import RunConfig
 
 PROG = "blueberry-train"
@@ -57,7 +57,10 @@ TRAIN_FLAGS: dict[str, dict] = {
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="Train a Blueberry model.")
-    parser.add_argument("--preset", default="tiny", help=f"model preset: {', '.join(PRESETS)} (default: tiny)")
+    parser.add_argument("--preset", default="tiny", help=f"model preset: {', '.join(preset_names())} (default: tiny). "
+                                                        "A diffusion preset (dit-*) trains on images, counts "
+                                                        "images where the flags say tokens, and brings its own "
+                                                        "training defaults (dit-tiny's are sized for a CPU)")
     parser.add_argument("--data", default="builtin",
                         help="a prepared data directory, or 'builtin' for the built-in corpus (default)")
     parser.add_argument("--seq-len", type=positive_int, help="override the preset's sequence length")
@@ -106,7 +109,12 @@ def parse_overrides(items: list[str], cls: type) -> dict[str, object]:
             raise ConfigError(f"bad override {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
         kind = str(types[name])
         try:
-            overrides[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
+            if kind == "bool":
+                if text.lower() not in ("1", "0", "true", "false"):
+                    raise ValueError(text)
+                overrides[name] = text.lower() in ("1", "true")
+            else:
+                overrides[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
         except ValueError:
             raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
     return overrides
@@ -117,16 +125,19 @@ def run_params(run: RunConfig, preset_name: str, data: str) -> dict[str, object]
     return {**run.flatten(), "preset": preset_name, "data": data, **run.task().scale_params(run.train)}
 
 
-def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str:
+def summary(name: str, run_dir: Path, result: RunResult, uri: str | None, unit: str = "tokens") -> str:
+    embedding = (f" ({result.params['non_embedding'] / 1e6:.2f}M non-embedding)"
+                 if "non_embedding" in result.params else "")
     lines = [f"run          {name}  ({run_dir})",
-             f"parameters   {result.params['total'] / 1e6:.2f}M ({result.params['non_embedding'] / 1e6:.2f}M "
-             "non-embedding)",
-             f"trained      {result.tokens:,} tokens in {result.steps} steps, {result.active_time_s:.1f} s active "
-             f"({result.tokens_per_s:,.0f} tokens/s" + (f", MFU {result.mfu:.1%})" if result.mfu else ")"),
+             f"parameters   {result.params['total'] / 1e6:.2f}M{embedding}",
+             f"trained      {result.tokens:,} {unit} in {result.steps} steps, {result.active_time_s:.1f} s active "
+             f"({result.tokens_per_s:,.0f} {unit}/s" + (f", MFU {result.mfu:.1%})" if result.mfu else ")"),
              f"train loss   {result.train_loss:.4f} (smoothed)"]
-    if result.val is not None:
+    if result.val is not None and {"accuracy", "perplexity"} <= set(result.val.metrics):
         lines.append(f"val loss     {result.val.loss:.4f}  accuracy {result.val.accuracy:.1%}  "
                      f"perplexity {result.val.perplexity:.1f}")
+    elif result.val is not None:
+        lines.append("val          " + "  ".join(f"{k} {v:.4g}" for k, v in result.val.metrics.items()))
     if result.reached_target:
         lines.append(f"target       reached after {result.target_tokens:,} tokens, {result.target_time_s:.1f} s")
     if result.diverged:
@@ -139,12 +150,13 @@ def summary(name: str, run_dir: Path, result: RunResult, uri: str | None) -> str
 
 def main_body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    model_overrides = parse_overrides(args.model, ModelConfig)
+    base = preset_config(args.preset)
+    model_overrides = parse_overrides(args.model, type(base))
     if args.seq_len:
         model_overrides["seq_len"] = args.seq_len
-    model_cfg = replace(preset_config(args.preset), **model_overrides)
+    model_cfg = replace(base, **model_overrides)
     overrides = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in TRAIN_FLAGS}
-    train_cfg = replace(TrainConfig(compile=args.compile),
+    train_cfg = replace(train_preset(args.preset), compile=args.compile,
                         **{k: v for k, v in overrides.items() if v is not None})
     run = RunConfig(model_cfg, train_cfg)
     task = run.task()
@@ -201,7 +213,7 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
         args.experiment, name, params=run_params(run, args.preset, args.data), tags={"preset": args.preset,
                                                                                    "data": args.data},
         uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
-        reference_loss=(data.unigram_entropy(), "unigram entropy of the training data"))
+        reference_loss=(data.unigram_entropy(), "unigram entropy of the training data") if run.kind == "lm" else None)
     # StopOnSignal last: on Ctrl-C every other hook has seen the step it saves.
     progress = [] if args.no_progress else [ProgressBar()]
     samples = sample_logger(args, run, data, tracker)
@@ -214,14 +226,21 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
     # or not at all, and not for a diverged run, which a rerun continues from its last good checkpoint.
     if not result.diverged:
         write_atomic(result_file, json.dumps({"name": name, **result.metrics()}, indent=2))
-    print(summary(name, run_dir, result, uri))
+    print(summary(name, run_dir, result, uri, run.task().unit))
     return 0
 
 
 def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> list[Any]:
     """The hook that logs samples at evaluations, for a tracked language-model run whose tokenizer
     loads here (a hub tokenizer offline does not: the run trains without samples and says so)."""
-    if args.sample_tokens == 0 or args.no_track or run.task().kind != "lm":
+    if args.no_track:
+        return []
+    if run.kind == "dit":  # a grid of every class from the EMA weights (steps and guidance: the evaluation's)
+        from blueberry.models.dit.samples import GridLogger
+
+        return [GridLogger(tracker.log_image, data.manifest.classes, steps=run.model.eval_steps,
+                           cfg_scale=run.model.eval_cfg_scale)]
+    if args.sample_tokens == 0 or run.kind != "lm":
         return []
     from blueberry.models.lm.samples import DEFAULT_PROMPTS, SampleLogger
     from blueberry.platform.data import prepared_tokenizer

@@ -13,6 +13,15 @@ payload's structure: a damaged file raises `DamagedFile` before any of it reache
 `Checkpointer` sets it aside and resumes from the previous checkpoint instead. (A checkpoint with no
 checksum file, written before checksums or by a process killed between the two renames, is still
 checked for structure.) Files load with `torch.load(weights_only=True)`: no pickled code runs.
+
+Sharded (FSDP) runs keep this contract unchanged: a checkpoint is the whole state, gathered from
+the shards by every rank and written by the main rank alone (`TrainState.state_dict`), in the same
+single file. It is not torch.distributed.checkpoint's sharded format, whose per-rank files would
+need a directory renamed into place as the unit of atomicity and whose `.metadata` torch 2.13 reads
+with `pickle.load`, outside `weights_only`. The price is host memory on the main rank while saving
+(the whole model and optimizer state in fp32: 8 bytes a Muon parameter, 12 an AdamW one) and on
+every rank while resuming (each reads the whole file); in return any strategy and worker count
+resumes it, and `load_weights` reads it.
 """
 
 from __future__ import annotations
@@ -83,12 +92,22 @@ class _HashingWriter:
         self.out.flush()
 
 
-def save_checkpoint(path: Path, state: TrainState) -> Path:
+def save_checkpoint(path: Path, state: TrainState) -> Path | None:
+    """Save `state` to `path`; every rank of a multi-process run calls it (FSDP gathers the shards) and
+    the main rank writes. The path written, or None on the other ranks."""
+    payload = state.state_dict()
+    if payload is None:
+        return None
+    return write_checkpoint(path, payload)
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write a checkpoint payload atomically, with its SHA-256 beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as out:
         writer = _HashingWriter(out)
-        torch.save(state.state_dict(), writer)
+        torch.save(payload, writer)
     write_atomic(checksum_path(path), f"{writer.sha.hexdigest()}  {path.name}\n")
     return path
 
@@ -135,7 +154,8 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu", required: tu
 
 
 def load_checkpoint(path: Path, state: TrainState) -> None:
-    state.load_state_dict(read_checkpoint(path, state.device))
+    # Sharded runs read the whole state onto the CPU and move only their shards to the device.
+    state.load_state_dict(read_checkpoint(path, "cpu" if state.parallel.sharded else state.device))
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,8 @@ class Checkpointer(Hook):
     resumes from the newest checkpoint in `directory` that is whole. A damaged one is renamed
     `*.damaged` (kept for inspection, never loaded or counted again) and the one before it is tried;
     when none is whole, the run stops with one line. The cadence is enforced where the hook is
-    registered (`Hooks.add`)."""
+    registered (`Hooks.add`). In a multi-process run every rank registers it with the same (shared)
+    directory: every rank resumes from it, and the main rank writes, rotates and sets aside."""
 
     def __init__(self, directory: str | Path, every: int = 0, keep: int = 2, every_s: float | None = None) -> None:
         if keep < 1:
@@ -198,7 +219,7 @@ class Checkpointer(Hook):
             try:
                 load_checkpoint(path, state)
             except DamagedFile as err:
-                self.set_aside.append(_set_aside(path))
+                self.set_aside.append(_set_aside(path) if state.parallel.is_main else path)
                 log.warning("%s; set aside as %s, trying the checkpoint before it", err, self.set_aside[-1].name)
                 continue
             self.resumed_from = path
@@ -224,7 +245,8 @@ class Checkpointer(Hook):
         if self._saved_step == state.step:
             return
         self._saved_step = state.step
-        save_checkpoint(checkpoint_path(self.directory, state.step), state)
+        if save_checkpoint(checkpoint_path(self.directory, state.step), state) is None:
+            return  # another rank writes it
         for old in checkpoints(self.directory)[self.keep:]:
             old.unlink()
             checksum_path(old).unlink(missing_ok=True)

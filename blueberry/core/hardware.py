@@ -56,6 +56,27 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what `platform` knows)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware_info(device: torch.device) -> dict[str, str]:
+    """What a run's speed depends on: GPU model ("none" off CUDA), CPU model, torch and CUDA versions
+    (the speedrun board records them with every run)."""
+    return {"gpu": device_name(device) if device.type == "cuda" else "none", "cpu": cpu_model(),
+            "torch": torch.__version__, "cuda": torch.version.cuda or "none"}
+
+
 def peak_flops(device: torch.device) -> float | None:
     """Peak bf16 FLOP/s of a known GPU; None for CPUs and GPUs not in the table (MFU is then omitted)."""
     if device.type != "cuda":

@@ -36,14 +36,16 @@ def train(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hook | Iterable[
     With `parallel` describing several data-parallel processes, call it on every rank with the same
     task, config and data: `train_cfg.batch_size` is per rank, and the budget is global."""
     hooks = hooks if isinstance(hooks, Hooks) else Hooks([hooks] if isinstance(hooks, Hook) else hooks)
+    if own := task.hooks():  # the task's own (an EMA of the weights) first: checkpoints see their work
+        hooks = Hooks([*own, hooks])
     setup_start = time.perf_counter()
     task.check_data(data)
     device = resolve_device(train_cfg.device)
     total_steps = train_cfg.total_steps(task.units_per_sample, parallel.world_size)
 
     torch.manual_seed(train_cfg.seed)
-    model = task.build_model().to(device)
-    optimizer = build_optimizer(model, train_cfg, device, task.is_hidden_matrix)
+    model = parallel.prepare(task.build_model(), device)  # on the device, or (FSDP) sharded across ranks
+    optimizer = build_optimizer(model, train_cfg, device, task.is_hidden_matrix, parallel)
     stream = data.train_stream(train_cfg.batch_size, train_cfg.seed, rank=parallel.rank,
                                world_size=parallel.world_size)
     state = TrainState(task, train_cfg, model, optimizer, stream, device, parallel, task.describe_data(data))
@@ -75,7 +77,7 @@ def _run(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hooks, parallel: 
 
     def run_eval() -> EvalInfo:
         start = time.perf_counter()
-        metrics = task.evaluate(model, data, train_cfg, device, parallel)
+        metrics = task.evaluate(model, data, train_cfg, device, parallel.evaluation)
         state.eval_time_s += time.perf_counter() - start
         info = EvalInfo(step=state.step, tokens=state.tokens, metrics=metrics)
         hooks.on_eval(info, state)
@@ -96,7 +98,7 @@ def _run(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hooks, parallel: 
             ((loss.value + loss.aux) / train_cfg.grad_accum_steps).backward()
             loss_sum += loss.value.detach()
         if train_cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            parallel.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad()
         # The mean over ranks, so every rank takes the same divergence and target decisions. .item()

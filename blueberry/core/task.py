@@ -41,6 +41,10 @@ class Task(ABC, Generic[ModelConfigT]):
     loss_name: ClassVar[str] = "loss"  # what the loss is, for plots: "cross-entropy (nats/token)"
     config_class: ClassVar[type]  # the model config dataclass
     presets: ClassVar[Mapping[str, Callable[[], Any]]] = {}  # named model configs, e.g. "tiny"
+    # The TrainConfig a preset trains with by default, where TrainConfig's own defaults (the language
+    # model's speedrun) do not fit it: a diffusion model counts images and wants other learning rates.
+    train_presets: ClassVar[Mapping[str, Callable[[], TrainConfig]]] = {}
+    data_format: ClassVar[str] = "tokens"  # what `--data` opens for it: "tokens" or "images"
     # What `evaluate` reports, each with the way it improves ("min" or "max"): a sweep may judge trials
     # by any of them (`--metric val/<name>`).
     eval_metrics: ClassVar[Mapping[str, str]] = {"loss": "min"}
@@ -89,6 +93,11 @@ class Task(ABC, Generic[ModelConfigT]):
 
     def check_data(self, data: Any) -> None:
         """Raise a `DataError` saying how to fix it when `data` cannot train this model."""
+
+    def hooks(self) -> list[Any]:
+        """Hooks every run of this kind needs (a diffusion model's EMA of its weights, updated after each
+        optimizer step): `train()` calls them before any other hook, so a checkpoint sees their work."""
+        return []
 
     def describe_data(self, data: Any) -> dict[str, Any]:
         """What a checkpoint records about the data for use without it (the language model: its

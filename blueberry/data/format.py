@@ -57,11 +57,71 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 @dataclass(frozen=True)
+class VisualVocab:
+    """Multimodal data: where images sit in the vocabulary. The text tokenizer's ids come first (below
+    `text_vocab_size`), then the segment markers, then the visual tokenizer's codes, code c as token
+    `code_offset + c`. An image is a document `[BOS] caption <seg_start> codes <seg_end> [EOS]`, its codes in
+    row-major order of the `grid`. `encoder` names the visual tokenizer (a VQ-VAE run: its name, checkpoint
+    path, the checkpoint's sha256 and step), which decodes the codes back to images."""
+
+    text_vocab_size: int
+    seg_start: int
+    seg_end: int
+    code_offset: int
+    codebook_size: int
+    grid: tuple[int, int]  # codes per image: rows, columns
+    image_shape: tuple[int, int, int]  # channels, height, width of the images the codes decode to
+    captions: tuple[str, ...]  # class i's caption
+    encoder: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def codes_per_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @classmethod
+    def from_dict(cls, raw: Any, vocab_size: int) -> VisualVocab:
+        """Parse and check a recorded layout against the vocabulary; a `ValueError` says what is wrong."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"visual vocabulary is {json.dumps(raw)[:60]}, not an object")
+
+        def ints(name: str, n: int | None = None) -> Any:
+            value = raw.get(name)
+            values = value if n is not None and isinstance(value, (list, tuple)) else [value]
+            if (n is not None and len(values) != n) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                             and v >= 0 for v in values):
+                raise ValueError(f"visual.{name} is {json.dumps(value)[:60]}, not "
+                                 + (f"{n} integers >= 0" if n else "an integer >= 0"))
+            return tuple(values) if n is not None else value
+
+        captions = raw.get("captions")
+        if not isinstance(captions, (list, tuple)) or not captions or not all(isinstance(c, str) for c in captions):
+            raise ValueError("visual.captions must be a non-empty list of strings")
+        if not isinstance(raw.get("encoder", {}), dict):
+            raise ValueError("visual.encoder must be an object")
+        layout = cls(text_vocab_size=ints("text_vocab_size"), seg_start=ints("seg_start"), seg_end=ints("seg_end"),
+                     code_offset=ints("code_offset"), codebook_size=ints("codebook_size"), grid=ints("grid", 2),
+                     image_shape=ints("image_shape", 3), captions=tuple(captions), encoder=dict(raw.get("encoder", {})))
+        markers = {layout.seg_start, layout.seg_end}
+        if len(markers) != 2 or min(markers) < layout.text_vocab_size or max(markers) >= layout.code_offset:
+            raise ValueError(f"visual markers {layout.seg_start} and {layout.seg_end} must differ and lie between the "
+                             f"text vocabulary ({layout.text_vocab_size}) and the codes (from {layout.code_offset})")
+        if layout.codebook_size < 1 or layout.code_offset + layout.codebook_size > vocab_size:
+            raise ValueError(f"visual codes {layout.code_offset}..{layout.code_offset + layout.codebook_size - 1} do "
+                             f"not fit the vocab_size {vocab_size}")
+        if min(layout.grid) < 1 or min(layout.image_shape) < 1:
+            raise ValueError("visual grid and image_shape must be positive")
+        return layout
+
+
+@dataclass(frozen=True)
 class TokenizerInfo:
     name: str
     vocab_size: int
     sha256: str  # of the tokenizer's serialised definition: two tokenizers with one name can differ
     eos_id: int
+    # Multimodal data: the text tokenizer above (`vocab_size` is then the whole vocabulary) plus the codes of a
+    # visual tokenizer; None for text.
+    visual: VisualVocab | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +163,8 @@ class Manifest:
 
     def to_json(self) -> str:
         raw = asdict(self)
+        if self.tokenizer.visual is None:  # text data: the manifest as it was before multimodal data
+            del raw["tokenizer"]["visual"]
         for name, split in self.splits.items():
             raw["splits"][name] = {"sequences": split.sequences, "tokens": split.tokens,
                                    "files": [asdict(f) for f in split.files]}
@@ -121,10 +183,14 @@ class Manifest:
             raise DataError(f"{where} has format version {raw.get('format_version')}, this Blueberry reads "
                             f"version {FORMAT_VERSION}: prepare the data again with this version")
         tok = _get(raw, "tokenizer", dict, where)
-        tokenizer = TokenizerInfo(name=_get(tok, "name", str, where, "tokenizer"),
-                                  vocab_size=_count(tok, "vocab_size", where, "tokenizer", minimum=1),
+        vocab_size = _count(tok, "vocab_size", where, "tokenizer", minimum=1)
+        try:
+            visual = None if tok.get("visual") is None else VisualVocab.from_dict(tok["visual"], vocab_size)
+        except ValueError as err:
+            raise _corrupt(where, f"tokenizer.{err}") from None
+        tokenizer = TokenizerInfo(name=_get(tok, "name", str, where, "tokenizer"), vocab_size=vocab_size,
                                   sha256=_get(tok, "sha256", str, where, "tokenizer"),
-                                  eos_id=_count(tok, "eos_id", where, "tokenizer"))
+                                  eos_id=_count(tok, "eos_id", where, "tokenizer"), visual=visual)
         if tokenizer.eos_id >= tokenizer.vocab_size:
             raise _corrupt(where, f"tokenizer eos_id {tokenizer.eos_id} is not below its vocab_size "
                                   f"{tokenizer.vocab_size}")

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from blueberry.core.checkpoint import SavedWeights, load_weights
-from blueberry.core.config import from_dict
+from blueberry.core.config import TrainConfig, from_dict
 from blueberry.core.task import Task
 from blueberry.errors import ConfigError
+from blueberry.models.dit.task import DiTTask
 from blueberry.models.lm.task import LMTask
+from blueberry.models.vqvae.task import VQVAETask
 
-_TASKS: dict[str, type[Task]] = {LMTask.kind: LMTask}
+_TASKS: dict[str, type[Task]] = {LMTask.kind: LMTask, DiTTask.kind: DiTTask, VQVAETask.kind: VQVAETask}
 
 
 def register_task(task_class: type[Task]) -> type[Task]:
@@ -46,6 +48,15 @@ def preset(name: str) -> Any:
     for cls in _TASKS.values():
         if name in cls.presets:
             return cls.presets[name]()
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+
+
+def train_preset(name: str) -> TrainConfig:
+    """The TrainConfig a preset trains with by default: its kind's own (`Task.train_presets`), else
+    TrainConfig's defaults."""
+    for cls in _TASKS.values():
+        if name in cls.presets:
+            return cls.train_presets[name]() if name in cls.train_presets else TrainConfig()
     raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
 
 

@@ -1,7 +1,7 @@
 """Ray, reached one way: connecting to the cluster, where Ray keeps results, and train state as Ray
 checkpoints (Tune's and Train's reporters share them).
 
-Ray is imported inside the two functions that talk to it: importing it takes a second or more, and
+Ray is imported inside the functions that talk to it: importing it takes a second or more, and
 building configs or printing a flag error should not wait for it.
 """
 
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from blueberry.core.checkpoint import load_checkpoint, save_checkpoint
+from blueberry.core.checkpoint import load_checkpoint, write_checkpoint
 from blueberry.core.state import TrainState
 from blueberry.errors import UserError
 from blueberry.files import ExclusiveLock, confined
@@ -37,6 +37,16 @@ def has_gpus() -> bool:
 
     connect()
     return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def device_count() -> int:
+    """The devices a distributed run can spread over: the cluster's GPUs, or its CPUs when it has none
+    (connecting to it first)."""
+    import ray
+
+    connect()
+    resources = ray.cluster_resources()
+    return int(resources.get("GPU", 0)) or int(resources.get("CPU", 1))
 
 
 def storage_path(storage: str | None) -> str:
@@ -76,9 +86,15 @@ def check_resources(cpus: float, gpus: float, what: str) -> None:
 @contextmanager
 def ray_checkpoint(state: TrainState, checkpoint_cls: Any) -> Iterator[Any]:
     """`state` as a Ray checkpoint of `checkpoint_cls` (Tune's and Train's are different classes), valid
-    inside the block: report it there, and Ray copies it to the run's storage."""
+    inside the block: report it there, and Ray copies it to the run's storage. Every rank of a
+    multi-process run enters it (under FSDP, saving gathers the shards); the main rank gets the
+    checkpoint and the others None."""
+    payload = state.state_dict()
+    if payload is None:
+        yield None
+        return
     with tempfile.TemporaryDirectory() as directory:
-        save_checkpoint(Path(directory) / RAY_STATE_FILE, state)
+        write_checkpoint(Path(directory) / RAY_STATE_FILE, payload)
         yield checkpoint_cls.from_directory(directory)
 
 

@@ -2,10 +2,16 @@
 
 - The run's task may be any registered model kind; workers build it from the run config.
 - Each worker opens the data from the object store (one copy per node) and reads its own slice
-  of every global batch; gradients are averaged by DDP (NCCL on GPUs, gloo on CPUs); tokens are
-  counted globally and the effective batch is logged.
+  of every global batch; tokens are counted globally and the effective batch is logged.
+- `strategy`: `ddp` replicates the model and averages gradients (DistributedDataParallel); `fsdp`
+  shards parameters, gradients and optimizer state across the workers (FSDP2, one unit per block
+  plus the root). NCCL on GPUs, gloo on CPUs. `activation_checkpointing` recomputes each block's
+  activations in backward, under either. Muon splits its orthogonalisation across the workers in
+  both (`blueberry.core.optim.Muon`).
 - Every `checkpoint_every` steps and at the end, every worker reports to Ray Train and rank 0 attaches
-  the checkpoint, which Ray Train persists to the run's storage path.
+  the checkpoint, which Ray Train persists to the run's storage path. A checkpoint is the whole
+  state whatever the strategy (FSDP gathers its shards to rank 0), so a run resumes under the other
+  strategy, or on another worker count that keeps the global batch.
 - `FailureConfig(max_failures)` restarts the worker group from the latest checkpoint when a worker
   dies. The run's name is its resume key: starting the same name again after the whole job died
   continues from the last checkpoint (Ray Train V2 reloads the run's checkpoint list from storage).
@@ -26,7 +32,7 @@ import torch
 from blueberry.core.events import RunResult, StepInfo
 from blueberry.core.hooks import Hook, Hooks
 from blueberry.core.loop import train
-from blueberry.core.parallel import DataParallel
+from blueberry.core.parallel import STRATEGIES, DataParallel
 from blueberry.core.state import TrainState
 from blueberry.errors import UserError
 from blueberry.models.run import RunConfig
@@ -50,18 +56,31 @@ class DistributedConfig:
     tracking_uri: str | None = None
     preset: str = ""
     tags: tuple[tuple[str, str], ...] = ()  # extra MLflow tags on the run
+    params: tuple[tuple[str, Any], ...] = ()  # extra MLflow params on the run
+    strategy: str = "ddp"  # ddp | fsdp
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         if self.checkpoint_every < 1:
             raise UserError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        check_strategy(self.strategy, self.workers)
+
+
+def check_strategy(strategy: str, workers: int) -> None:
+    """Refuse a strategy that does not exist, or FSDP with nothing to shard across."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy == "fsdp" and workers < 2:
+        raise UserError(f"--strategy fsdp shards the model across workers and needs at least 2, got --workers "
+                        f"{workers}: add workers, or use --strategy ddp")
 
 
 class TrainReport(Hook):
     """Ray Train reporting: restore from the latest checkpoint on start, report (and, on rank 0,
     checkpoint) every `every` steps (the cadence `Hooks` enforces) and at the end. Every rank
-    reports: Ray Train V2 expects it."""
+    reports: Ray Train V2 expects it, and FSDP's checkpoint is gathered from every rank."""
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -76,9 +95,7 @@ class TrainReport(Hook):
         import ray.train
 
         metrics = {**metrics, "step": float(state.step), "resumed_from_step": float(self.resumed_step)}
-        if self.rank != 0:
-            ray.train.report(metrics)
-            return
+        # Every rank builds the checkpoint (FSDP gathers the shards); rank 0's carries it, the others' is None.
         with ray_checkpoint(state, ray.train.Checkpoint) as checkpoint:
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -98,7 +115,8 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg: DistributedConfig = config["cfg"]
     task = run.task()
     context = ray.train.get_context()
-    parallel = DataParallel(rank=context.get_world_rank(), world_size=context.get_world_size())
+    parallel = DataParallel(rank=context.get_world_rank(), world_size=context.get_world_size(),
+                            strategy=cfg.strategy, activation_checkpointing=cfg.activation_checkpointing)
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     hooks = Hooks()
     if parallel.is_main:  # before TrainReport: MLflow has each step before Ray Train can end the worker
@@ -107,7 +125,8 @@ def train_worker(config: dict[str, Any]) -> None:
             cfg.experiment, cfg.name, uri=cfg.tracking_uri, log_every=run.train.log_every,
             params={**run.flatten(), "preset": cfg.preset, "workers": parallel.world_size, **size,
                     "effective_batch_sequences": run.train.batch_size * run.train.grad_accum_steps
-                    * parallel.world_size},
+                    * parallel.world_size, "strategy": cfg.strategy,
+                    "activation_checkpointing": cfg.activation_checkpointing, **dict(cfg.params)},
             tags={RUN_TAG: cfg.name, **dict(cfg.tags)}, identity={RUN_TAG: cfg.name},
             workers=parallel.world_size))
     hooks.add(TrainReport(parallel.rank), every=cfg.checkpoint_every)

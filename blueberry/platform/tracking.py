@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from blueberry.core.events import EvalInfo, RunResult, StepInfo
-from blueberry.core.hardware import device_name
+from blueberry.core.hardware import device_name, hardware_info
 from blueberry.core.hooks import Hook
 from blueberry.core.state import TrainState, ema_lag
 from blueberry.errors import UserError
@@ -43,6 +43,7 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 # Tags that name runs, so a restarted driver or trial finds its run again instead of making a second.
 STUDY_TAG, TRIAL_TAG, KIND_TAG, STATUS_TAG = "blueberry.study", "blueberry.trial_id", "blueberry.kind", "status"
 CONFIG_TAG = "blueberry.config_hash"  # the run's identity (`RunConfig.key`): the same work has the same value
+HARDWARE_TAG = "hardware."  # + gpu, cpu, torch, cuda: the machine that trained (`core.hardware.hardware_info`)
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -180,6 +181,9 @@ class NullTracker(Hook):
     def log_text(self, text: str, artifact_file: str) -> None:
         """Nothing to keep it in."""
 
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """Nothing to keep it in."""
+
 
 class MlflowTracker(Hook):
     """Logs one training run to MLflow: params, step metrics, evaluations, final metrics, artifacts."""
@@ -224,7 +228,8 @@ class MlflowTracker(Hook):
         resuming = existing is not None
         self.run_id = existing if resuming else self._create_run()
         tags = {"device": device_name(state.device), "task": state.task.kind,
-                **({"git_commit": c} if (c := git_commit()) else {})}
+                **({"git_commit": c} if (c := git_commit()) else {}),
+                **{HARDWARE_TAG + key: value for key, value in hardware_info(state.device).items()}}
         if resuming:
             # A resumed run repeats the steps between its checkpoint and the interruption; they are
             # in the run already, and a step logged twice would draw a second line over the first.
@@ -258,6 +263,12 @@ class MlflowTracker(Hook):
         """A text artifact on the run (samples of what the model writes, for one)."""
         if self.run_id is not None:
             self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A picture artifact on the run (an (H, W, 3) uint8 array, written as the PNG `artifact_file`):
+        a diffusion model's sample grid, for one."""
+        if self.run_id is not None:
+            self.client.log_image(self.run_id, image, artifact_file=artifact_file)
 
     def on_eval(self, info: EvalInfo, state: TrainState) -> None:
         if info.step <= self.logged_through["val"]:

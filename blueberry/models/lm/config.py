@@ -94,11 +94,24 @@ def small() -> ModelConfig:
                        n_kv_heads=4, d_ff=1024, seq_len=512)
 
 
+# Multimodal data from the digits (`blueberry-data prepare --source vq:RUN`, `blueberry.models.lm.multimodal`):
+# the built-in text vocabulary, then <seg_start> and <seg_end>, then vqvae-tiny's 64 codes.
+MM_TINY_VOCAB_SIZE = BUILTIN_VOCAB_SIZE + 2 + 64
+
+
+def mm_tiny() -> ModelConfig:
+    """`tiny` over text and image tokens: captions and vqvae-tiny's 4x4 code grids of the built-in digits
+    (about 22 tokens an image, three a row of 64)."""
+    return ModelConfig(vocab_size=MM_TINY_VOCAB_SIZE, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512,
+                       seq_len=64)
+
+
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "tiny": tiny,
     "small": small,
     "nano-88m": nano_88m,
     "nano-151m": nano_151m,
+    "mm-tiny": mm_tiny,
 }
 
 

@@ -7,7 +7,7 @@ Token ids in, token ids out: the tokenizer is the caller's (`blueberry.platform.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,17 @@ class Sampling:
             raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
 
 
-def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The next token of each row of `logits` (B, V): (B,) int64."""
+# Which tokens decoding step `step` (0 for the first new token) may produce: a boolean mask (V,) or (B, V),
+# or None for every token. Multimodal generation allows only image codes inside an image segment.
+AllowedTokens = Callable[[int], torch.Tensor | None]
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None,
+           allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """The next token of each row of `logits` (B, V): (B,) int64. With `allowed` (a boolean mask (V,) or
+    (B, V)), only those tokens: the others are removed before temperature, top-k and top-p."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / sampling.temperature
@@ -81,9 +90,9 @@ class Generator:
 
     @torch.inference_mode()
     def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-               seed: int | None = None) -> Iterator[Step]:
+               seed: int | None = None, allowed: AllowedTokens | None = None) -> Iterator[Step]:
         """Prefill the prompts (each truncated from the left to fit), then decode up to `max_new_tokens`
-        steps, stopping early once every row has produced EOS."""
+        steps, stopping early once every row has produced EOS; `allowed(step)` restricts each step's tokens."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
         room = self.max_prompt_tokens(max_new_tokens)
@@ -100,7 +109,8 @@ class Generator:
         done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
         filler = self.eos_id if self.eos_id is not None else self.pad_id  # what a stopped row is fed
         for step in range(max_new_tokens):
-            token = torch.where(done, filler, sample(logits, sampling, generator))
+            mask = allowed(step) if allowed is not None else None
+            token = torch.where(done, filler, sample(logits, sampling, generator, mask))
             yield Step(tokens=token, done_before=done.clone())
             if step == max_new_tokens - 1:
                 return
@@ -111,10 +121,10 @@ class Generator:
             logits = self.model(token[:, None], cache=cache).logits[:, -1]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-                 seed: int | None = None) -> list[list[int]]:
+                 seed: int | None = None, allowed: AllowedTokens | None = None) -> list[list[int]]:
         """Each prompt's new tokens, up to and including its EOS."""
         out: list[list[int]] = [[] for _ in prompts]
-        for step in self.stream(prompts, max_new_tokens, sampling, seed):
+        for step in self.stream(prompts, max_new_tokens, sampling, seed, allowed):
             for row, (token, done) in enumerate(zip(step.tokens.tolist(), step.done_before.tolist())):
                 if not done:
                     out[row].append(token)
