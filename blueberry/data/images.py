@@ -86,6 +86,16 @@ class ImageManifest:
     def pixels(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2]
 
+    @property
+    def shape_text(self) -> str:
+        return "x".join(map(str, self.shape))
+
+    def description(self) -> dict[str, Any]:
+        """What a model of these images needs without them (a checkpoint records it): the class names,
+        the image shape, and which data it was."""
+        return {"classes": list(self.classes), "shape": list(self.shape), "source": self.source,
+                "preparation_key": self.preparation_key}
+
     def to_json(self) -> str:
         raw = {"kind": KIND, **asdict(self)}
         for name, split in self.splits.items():
@@ -174,6 +184,14 @@ def _shard(raw: Any, where: str, name: str, num_classes: int) -> ImageShardInfo:
         raise _corrupt(where, f"shard {shard.name} holds labels up to {shard.max_label}, beyond its "
                               f"{num_classes} classes")
     return shard
+
+
+def require_images(data: Any, kind: str) -> ImageManifest:
+    """The manifest of `data` when it is image shards; a `DataError` saying what to pass otherwise."""
+    if not isinstance(data, ImageShards):
+        raise DataError(f"a {kind} model trains on images, not {type(data).__name__}: pass --data builtin "
+                        "(the built-in digits), local:DIR, hf:DATASET or a prepared image directory")
+    return data.manifest
 
 
 def is_image_directory(directory: str | Path) -> bool:

@@ -32,7 +32,7 @@ from blueberry.core.hooks import Hook
 from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
 from blueberry.core.state import TrainState
 from blueberry.core.task import Loss, Task
-from blueberry.data.images import ImageBatch, ImageShards
+from blueberry.data.images import ImageBatch, ImageShards, require_images
 from blueberry.errors import DataError
 from blueberry.models.dit.config import PRESETS, TRAIN_PRESETS, DiTConfig
 from blueberry.models.dit.fid import FeatureStats, InceptionFeatures, check_inception, frechet_distance
@@ -191,13 +191,10 @@ class DiTTask(Task[DiTConfig]):
         return {"total": count_params(self.config)}
 
     def check_data(self, data: Any) -> None:
-        if not isinstance(data, ImageShards):
-            raise DataError(f"a {self.kind} model trains on images, not {type(data).__name__}: pass --data builtin "
-                            "(the built-in digits), local:DIR, hf:DATASET or a prepared image directory")
-        cfg, manifest = self.config, data.manifest
+        cfg, manifest = self.config, require_images(data, self.kind)
         expected = (cfg.channels, cfg.image_size, cfg.image_size)
         if manifest.shape != expected or manifest.num_classes != cfg.num_classes:
-            raise DataError(f"the data holds {manifest.num_classes} classes of {'x'.join(map(str, manifest.shape))} "
+            raise DataError(f"the data holds {manifest.num_classes} classes of {manifest.shape_text} "
                             f"images, the model takes {cfg.num_classes} classes of {'x'.join(map(str, expected))}: "
                             f"pass --model channels={manifest.channels} --model image_size={manifest.image_size} "
                             f"--model num_classes={manifest.num_classes}")
@@ -206,9 +203,7 @@ class DiTTask(Task[DiTConfig]):
 
     def describe_data(self, data: ImageShards) -> dict[str, Any]:
         """What sampling needs without the data: the class names, the image shape, and which data it was."""
-        manifest = data.manifest
-        return {"images": {"classes": list(manifest.classes), "shape": list(manifest.shape),
-                           "source": manifest.source, "preparation_key": manifest.preparation_key}}
+        return {"images": data.manifest.description()}
 
 
 class Scorer:

@@ -26,7 +26,7 @@ from blueberry.core.config import TrainConfig
 from blueberry.core.hardware import autocast
 from blueberry.core.parallel import DataParallel
 from blueberry.core.task import Loss, Task
-from blueberry.data.images import ImageBatch, ImageShards
+from blueberry.data.images import ImageBatch, ImageShards, require_images
 from blueberry.errors import DataError
 from blueberry.models.vqvae.config import PRESETS, TRAIN_PRESETS, VQVAEConfig
 from blueberry.models.vqvae.model import VQVAE, count_params, flops_per_image, to_model_units
@@ -95,18 +95,13 @@ class VQVAETask(Task[VQVAEConfig]):
         return {"total": count_params(self.config)}
 
     def check_data(self, data: Any) -> None:
-        if not isinstance(data, ImageShards):
-            raise DataError(f"a {self.kind} model trains on images, not {type(data).__name__}: pass --data builtin "
-                            "(the built-in digits), local:DIR, hf:DATASET or a prepared image directory")
-        cfg, shape = self.config, data.manifest.shape
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
+        cfg, manifest = self.config, require_images(data, self.kind)
+        shape, expected = manifest.shape, (cfg.channels, cfg.image_size, cfg.image_size)
         if tuple(shape) != expected:
-            raise DataError(f"the data holds {'x'.join(map(str, shape))} images, the model takes "
+            raise DataError(f"the data holds {manifest.shape_text} images, the model takes "
                             f"{'x'.join(map(str, expected))}: choose the preset for this data or set --model "
                             f"image_size={shape[1]} --model channels={shape[0]}")
 
     def describe_data(self, data: ImageShards) -> dict[str, Any]:
         """What encoding and decoding need without the data: the image shape, the class names, which data."""
-        manifest = data.manifest
-        return {"images": {"classes": list(manifest.classes), "shape": list(manifest.shape),
-                           "source": manifest.source, "preparation_key": manifest.preparation_key}}
+        return {"images": data.manifest.description()}
