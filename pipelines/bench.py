@@ -18,11 +18,11 @@ import time
 import pyarrow.compute as pc
 import torch
 
+from blueberry.data.corpus import builtin_documents
+from blueberry.data.tokenizer import load_tokenizer
 from blueberry.data.tokens import TokenShards
-from pipelines.builtin import builtin_documents
 from pipelines.encode import make_encoder
 from pipelines.prepare import ENCODE_BATCH_DOCS, _batched
-from pipelines.tokenizer import load_tokenizer
 
 
 def baseline_tokens_per_s(docs: list[str], tokenizer_json_path: str) -> tuple[float, int]:

@@ -33,12 +33,12 @@ from tqdm import tqdm
 
 from blueberry.data.format import (FORMAT_VERSION, MANIFEST_NAME, SPLITS, TOKEN_DTYPES, Manifest, ShardInfo,
                                    read_manifest, sha256_file, token_dtype_for)
+from blueberry.data.tokenizer import Tokenizer, load_tokenizer
 from blueberry.errors import ConfigError, DataError, UserError
 from blueberry.files import ExclusiveLock, LockHeld, atomic_file, confined, read_json_object, write_atomic
 from pipelines.encode import make_encoder
 from pipelines.shards import ShardWriter
 from pipelines.sources import Source, open_source
-from pipelines.tokenizer import Tokenizer, load_tokenizer
 
 ENCODE_BATCH_DOCS = 256
 PARTIAL_STATE = ".preparing.json"

@@ -1,6 +1,6 @@
 """Document sources: where the text comes from, named by a `--source` string.
 
-- `builtin`: the offline corpus of Python's own documentation (`pipelines.builtin`);
+- `builtin`: the offline corpus of Python's own documentation (`blueberry.data.corpus`);
 - `local:<path or glob>`: .txt (one document per file), .jsonl / .json (a text field per record),
   .parquet (a text column); files in sorted order;
 - `hf:<dataset>[:<config>][@<split>]`: a Hugging Face dataset, streamed, so taking the first 25,000
@@ -23,8 +23,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
+from blueberry.data.corpus import builtin_corpus_hash, iter_builtin_documents
 from blueberry.errors import UserError
-from pipelines.builtin import builtin_corpus_hash, iter_builtin_documents
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 

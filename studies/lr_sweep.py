@@ -4,7 +4,7 @@ Muon's LR (hidden matrices) and AdamW's LR (embeddings, norms) are searched toge
 with TPE, starting from the record (0.024, 0.006); ASHA stops weak trials early by tokens seen.
 
     python studies/lr_sweep.py                     # sized to the machine
-    python studies/lr_sweep.py --smoke             # 1m17s on 2 CPU cores (2026-11-23)
+    python studies/lr_sweep.py --smoke             # a quick check: about a minute on 2 CPU cores
     ray job submit --working-dir . -- python studies/lr_sweep.py --data data/speedrun-40m
 """
 

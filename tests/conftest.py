@@ -28,7 +28,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def builtin_dir(private_cache: Path) -> Path:
-    from pipelines.builtin_data import builtin_data_dir
+    from pipelines.builtin import builtin_data_dir
 
     return builtin_data_dir(TEST_SEQ_LEN, progress=False)
 
@@ -56,10 +56,11 @@ def tiny_model():
 def ray_local():
     """One local Ray instance for the session's `ray` tests, shut down at the end even if tests fail."""
     ray = pytest.importorskip("ray")
-    # The toy task package travels to the workers, where importing it registers the task.
+    # Every package under tests/ (a model kind a test adds: tests/toy, tests/classifier) travels to the
+    # workers, where importing it registers the kind.
+    kinds = sorted(str(p) for p in Path(__file__).parent.iterdir() if (p / "__init__.py").is_file())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"BLUEBERRY_CACHE": os.environ["BLUEBERRY_CACHE"]},
-                          "py_modules": [str(Path(__file__).parent / "toy")]})
+             runtime_env={"env_vars": {"BLUEBERRY_CACHE": os.environ["BLUEBERRY_CACHE"]}, "py_modules": kinds})
     yield ray
     ray.shutdown()
 

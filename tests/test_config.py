@@ -11,7 +11,7 @@ from blueberry.core.identity import run_key
 from blueberry.errors import ConfigError
 from blueberry.models.lm.config import BUILTIN_VOCAB_SIZE, ModelConfig, preset
 from blueberry.models.run import RunConfig
-from pipelines import tokenizer
+from blueberry.data import tokenizer
 
 
 @pytest.mark.parametrize("fields, message", [

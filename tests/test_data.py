@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from blueberry.core.config import replace
+from blueberry.data.corpus import builtin_documents
 from blueberry.data.format import MANIFEST_NAME, Manifest
+from blueberry.data.tokenizer import load_tokenizer
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError, UserError
 from blueberry.models.lm.config import tiny
-from pipelines.builtin import builtin_documents
 from pipelines.prepare import PrepareConfig, is_validation_document, prepare
-from pipelines.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ import pytest
 
 from blueberry.cli import data as data_cli
 from blueberry.data.format import MANIFEST_NAME, read_manifest
+from blueberry.data.tokenizer import load_tokenizer
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError
 from blueberry.files import ExclusiveLock, LockHeld, read_json_object
 from pipelines.prepare import LOCK, PARTIAL_STATE, PrepareConfig, preparation_key, prepare
 from pipelines.sources import open_source
-from pipelines.tokenizer import load_tokenizer
 
 BLUEBERRY_DATA = str(Path(sys.executable).with_name("blueberry-data"))  # the installed console script
 DOCS = [f"Note {i}: " + " ".join(f"term{(i * 11 + j) % 89}" for j in range(60 + i % 7)) for i in range(80)]
@@ -171,7 +171,7 @@ def test_two_cold_builtin_starts_end_with_the_same_data(tmp_path, prepared, priv
     """Two processes open `--data builtin` with a cold data cache at once: no traceback, one directory, valid."""
     cache = tmp_path / "cache"
     shutil.copytree(private_cache / "tokenizers", cache / "tokenizers")  # the tokenizer is warm, the data cold
-    script = "from pipelines.builtin_data import builtin_data_dir; print(builtin_data_dir(48, progress=False))"
+    script = "from pipelines.builtin import builtin_data_dir; print(builtin_data_dir(48, progress=False))"
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "BLUEBERRY_CACHE": str(cache)}) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]

@@ -27,10 +27,10 @@ from blueberry.core.loop import train
 from blueberry.data.images import ImageBatch, ImageShards
 from blueberry.errors import DataError
 from blueberry.models.dit.config import DiTConfig, dit_cifar, dit_tiny
-from blueberry.models.dit.fid import FeatureStats, InceptionFeatures, check_inception, frechet_distance
+from blueberry.vision.fid import FeatureStats, InceptionFeatures, check_inception, frechet_distance
 from blueberry.models.dit.model import DiT, count_params, ema_decay_at, flops_per_image, sincos_2d
-from blueberry.models.dit.sample import euler, guided_velocity, heun
-from blueberry.models.dit.samples import grid_image
+from blueberry.models.dit.sampling import euler, guided_velocity, heun
+from blueberry.vision.grid import grid_image
 from blueberry.models.dit.task import DiTTask, flow_matching_loss, interpolate
 from blueberry.models.registry import load_model
 
@@ -317,7 +317,7 @@ def test_a_run_resumes_bit_for_bit_with_its_ema_and_sample_metrics(digits, tmp_p
 
 @pytest.mark.slow
 def test_the_judge_recognises_real_digits_is_cached_and_leaves_the_run_rng_alone(digits):
-    from blueberry.models.dit.judge import judge_path, load_or_train_judge
+    from blueberry.vision.judge import judge_path, load_or_train_judge
 
     before = torch.get_rng_state()
     judge, record = load_or_train_judge(digits, torch.device("cpu"))
@@ -375,7 +375,8 @@ def test_blueberry_generate_draws_a_grid_of_the_classes_asked_for(dit_run, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
-    (["--prompt", "hello", "--out", "x.png"], "generates images, not text"),
+    (["--prompt", "hello", "--out", "x.png"], "--prompt does not apply to dit, a 'dit' model: its flags are listed by "
+                                              "blueberry-generate --run dit --help"),
     (["--class", "12", "--out", "x.png"], "names no class of this run"),
     (["--class", "3"], "pass --out FILE.png"),
 ])

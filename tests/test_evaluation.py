@@ -36,10 +36,11 @@ from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.eval import (ChoiceResult, DownstreamEval, LMScorer, centered, core_score, evaluate_tasks,
                                       multiple_choice, token_byte_lengths)
 from blueberry.models.lm.task import LMTask
-from blueberry.platform.data import PrepareConfig, load_tokenizer, open_data, prepare
-from blueberry.platform.evaluation import (MultipleChoice, TaskSpec, cloze_questions, parse_tasks, read_questions,
-                                           validation_texts)
-from blueberry.platform.inference import open_run
+from blueberry.data.tokenizer import load_tokenizer
+from blueberry.platform.data import PrepareConfig, open_data, prepare
+from blueberry.models.lm.benchmarks import (MultipleChoice, TaskSpec, cloze_questions, parse_tasks, read_questions,
+                                            validation_texts)
+from blueberry.inference.run import open_run
 from pipelines.prepare import is_validation_document
 
 SEQ_LEN = 64
@@ -55,7 +56,7 @@ def document(rng: np.random.Generator, n_words: int) -> str:
 
 
 def byte_level_bpe(docs: list[str], vocab_size: int) -> RustTokenizer:
-    """A tokenizer built as the built-in one is (`pipelines.tokenizer.train_builtin_tokenizer`), small."""
+    """A tokenizer built as the built-in one is (`blueberry.data.tokenizer.train_builtin_tokenizer`), small."""
     backend = RustTokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -224,7 +225,7 @@ def test_acc_and_acc_norm_equal_lm_evals(corpus, tmp_path):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from blueberry.platform.harness import BlueberryLM, use_scorer
+    from blueberry.evals.harness import BlueberryLM
 
     arc, hellaswag = synthetic_tasks(np.random.default_rng(1), corpus["docs"])
     arc_file, hellaswag_file = write_jsonl(tmp_path / "arc.jsonl", arc), write_jsonl(tmp_path / "hs.jsonl", hellaswag)
@@ -232,7 +233,6 @@ def test_acc_and_acc_norm_equal_lm_evals(corpus, tmp_path):
     (tmp_path / "hellaswag.yaml").write_text(local_copy("local_hellaswag", "hellaswag/hellaswag.yaml", hellaswag_file,
                                                         "validation"))
 
-    use_scorer(lambda run, batch_size: LMScorer(run.model, run.tokenizer, batch_size))
     lm = BlueberryLM.create_from_arg_string(f"run=t,runs_dir={corpus['root'] / 'runs'}", {"batch_size": 4})
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)  # our two tasks, not its thousands
     run = corpus["run"]
@@ -253,7 +253,7 @@ def test_harness_rolling_log_likelihood_and_greedy_generation(corpus):
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
 
-    from blueberry.platform.harness import BlueberryLM
+    from blueberry.evals.harness import BlueberryLM
 
     run = corpus["run"]
     scorer = LMScorer(run.model, run.tokenizer)

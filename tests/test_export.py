@@ -44,12 +44,12 @@ from blueberry.core.checkpoint import checkpoint_path, save_checkpoint
 from blueberry.core.config import TrainConfig
 from blueberry.core.optim import build_optimizer
 from blueberry.core.state import TrainState
+from blueberry.data.tokenizer import EOS_TOKEN, load_tokenizer
 from blueberry.errors import ConfigError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.export import FORMATS, check_format, hf_weights, native_weights, weight_names
 from blueberry.models.lm.task import LMTask
-from blueberry.platform.inference import open_run
-from pipelines.tokenizer import EOS_TOKEN, load_tokenizer
+from blueberry.inference.run import open_run
 
 TOLERANCE = 1e-4  # float32 logits; the observed differences are about 1e-6 (docs/export.md)
 SEQ_LEN = 64
@@ -93,7 +93,7 @@ def write_run(runs_dir: Path, name: str, cfg: ModelConfig, tokenizer_file: Path)
                 p.normal_(0.0, 0.5)
     train = TrainConfig(train_tokens=1024, batch_size=1, device="cpu")
     tokenizer = load_tokenizer(str(tokenizer_file))
-    state = TrainState(task, train, model, build_optimizer(model, train, torch.device("cpu"), task.is_hidden_matrix),
+    state = TrainState(task, train, model, build_optimizer(model, train, torch.device("cpu"), task.hidden_matrices(model)),
                        SimpleNamespace(position=0), torch.device("cpu"),
                        data_description={"tokenizer": asdict(tokenizer.info())})
     state.step, state.tokens = 3, 3 * SEQ_LEN
@@ -347,7 +347,7 @@ def test_force_replaces_a_previous_export_whole_and_a_failed_write_leaves_it(run
     assert export_cli.main([*base, "--format", "blueberry", "--force"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "blueberry"
 
-    import blueberry.platform.export as platform_export
+    import blueberry.export.directory as platform_export
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

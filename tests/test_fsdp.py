@@ -161,7 +161,7 @@ def test_each_rank_orthogonalises_half_of_muons_matrices(runs):
     (rank0, rank1), _ = runs
     task = LMTask(tiny())
     model = task.build_model()
-    shapes = [tuple(p.shape) for name, p in model.named_parameters() if task.is_hidden_matrix(name, p)]
+    shapes = [tuple(p.shape) for p in task.hidden_matrices(model)]
     per_step = {"matrices": len(shapes), "flops": sum(polar_express_flops(s) for s in shapes)}
     for strategy in ("ddp", "fsdp"):
         work = [r[f"{strategy}-muon"]["work"] for r in (rank0, rank1)]

@@ -138,7 +138,7 @@ def test_blueberry_generate_streams_a_trained_runs_text(quick_run_dir, capsys):
     greedy = subprocess.run([*command, "--prompt", "Once upon a time", "--temperature", "0",
                              "--max-new-tokens", "20"], capture_output=True, text=True, timeout=120)
     assert greedy.returncode == 0, greedy.stderr
-    from blueberry.platform.inference import open_run
+    from blueberry.inference.run import open_run
 
     run = open_run(name, runs_dir)
     ids = run.tokenizer.encode_batch(["Once upon a time"])

@@ -30,7 +30,7 @@ from blueberry.errors import DataError, UserError
 from blueberry.models.lm.config import MM_TINY_VOCAB_SIZE, BUILTIN_VOCAB_SIZE, ModelConfig, mm_tiny
 from blueberry.models.lm.generate import Generator, Sampling, sample
 from blueberry.models.lm.multimodal import (caption, code_mask, decode_codes, encode_images, generate_codes,
-                                            image_prompt, load_visual_tokenizer, recorded_layout, tokens_to_codes,
+                                            image_prompt, recorded_layout, recorded_visual_tokenizer, tokens_to_codes,
                                             visual_vocab, vocab_size)
 from blueberry.models.lm.task import LMTask
 from blueberry.models.vqvae.config import VQVAEConfig, vqvae_tiny
@@ -271,7 +271,7 @@ def test_user_mistakes_are_one_line_and_exit_2(world, tmp_path, capsys):
         (data_main, ["prepare", "--source", "vq:nonexistent-run", "--runs-dir", str(world / "runs"), "--images",
                      images, "--out", str(tmp_path / "a")], "no run 'nonexistent-run'"),
         (data_main, ["prepare", "--source", f"vq:{world / 'runs' / 'mm'}", "--images", images, "--tokenizer", tok,
-                     "--out", str(tmp_path / "b")], "is not a VQ-VAE run (its kind is 'lm')"),
+                     "--out", str(tmp_path / "b")], "(a 'lm' run) is not a visual tokenizer"),
         (data_main, ["prepare", "--source", f"vq:{world / 'runs' / 'vq'}", "--out", str(tmp_path / "c")],
          "pass --images DATA"),
         (data_main, ["prepare", "--source", f"vq:{world / 'runs' / 'vq'}", "--images", images, "--tokens", "100",
@@ -291,6 +291,11 @@ def test_user_mistakes_are_one_line_and_exit_2(world, tmp_path, capsys):
 
 def test_the_visual_tokenizer_must_match_the_layout(world):
     layout = TokenShards.open(world / "mm").manifest.tokenizer.visual
-    assert load_visual_tokenizer(layout).cfg == VQ
+    from blueberry.inference.run import open_run
+
+    def opened(path):
+        return open_run(checkpoint=path)
+
+    assert recorded_visual_tokenizer(layout, opened).cfg == VQ
     with pytest.raises(UserError, match="does not match the data's layout"):
-        load_visual_tokenizer(replace(layout, codebook_size=32))
+        recorded_visual_tokenizer(replace(layout, codebook_size=32), opened)

@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 
-from blueberry.core.config import TrainConfig
+from blueberry.core.config import TrainConfig, replace
 from blueberry.core.optim import Muon, build_optimizer, lr_multiplier, polar_express, polar_express_flops, split_params
+from blueberry.errors import ConfigError
 from blueberry.models.lm.config import preset
 from blueberry.models.lm.model import Blueberry
+from blueberry.models.lm.task import LMTask
 
 # Five Polar Express steps map every singular value in the design range into about [0.859, 1.141]
 # (the polynomials equioscillate around 1); they never move the singular vectors.
@@ -69,7 +71,7 @@ def test_muon_rejects_non_matrices():
 def test_parameter_split_covers_everything_once():
     cfg = preset("tiny")
     model = Blueberry(cfg)
-    hidden, decayed, no_decay = split_params(model)
+    hidden, decayed, no_decay = split_params(model, LMTask(cfg).hidden_matrices(model))
     ids = [id(p) for group in (hidden, decayed, no_decay) for p in group]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     assert len(hidden) == cfg.n_layers * 6  # q, k, v, o, up, down
@@ -78,9 +80,22 @@ def test_parameter_split_covers_everything_once():
     assert len(no_decay) == cfg.n_layers * 4 + 1 and all(p.ndim == 1 for p in no_decay)
 
 
+def test_muon_leaves_the_moe_router_to_adamw_and_a_kind_without_blocks_gets_no_muon():
+    cfg = replace(preset("tiny"), n_experts=4, experts_top_k=2)
+    model = Blueberry(cfg)
+    hidden = LMTask(cfg).hidden_matrices(model)
+    routers = [block.mlp.router.weight for block in model.blocks]
+    assert len(hidden) == cfg.n_layers * (4 + 2 * cfg.n_experts)  # q, k, v, o and each expert's up, down
+    assert not any(r is p for r in routers for p in hidden)
+    with pytest.raises(ConfigError, match="declares no blocks"):
+        build_optimizer(model, TrainConfig(), torch.device("cpu"), hidden_matrices=[])
+    (adamw,) = build_optimizer(model, TrainConfig(optimizer="adamw"), torch.device("cpu")).optimizers
+    assert sum(len(g["params"]) for g in adamw.param_groups) == len(list(model.parameters()))
+
+
 def test_build_optimizer_groups():
     model = Blueberry(preset("tiny"))
-    muon_set = build_optimizer(model, TrainConfig(), torch.device("cpu"))
+    muon_set = build_optimizer(model, TrainConfig(), torch.device("cpu"), LMTask(preset("tiny")).hidden_matrices(model))
     assert [type(o).__name__ for o in muon_set.optimizers] == ["Muon", "AdamW"]
     adamw_set = build_optimizer(model, TrainConfig(optimizer="adamw"), torch.device("cpu"))
     (adamw,) = adamw_set.optimizers

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from blueberry.cli import data as data_cli
+from blueberry.data.corpus import builtin_documents
 from blueberry.data.format import MANIFEST_NAME
+from blueberry.data.tokenizer import EOS_TOKEN, load_tokenizer
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError, UserError
 from pipelines.bench import read_tokens_per_s
-from pipelines.builtin import builtin_documents
 from pipelines.prepare import LOCK, PARTIAL_STATE, PrepareConfig, prepare
-from pipelines.tokenizer import EOS_TOKEN, load_tokenizer
 
 DOCS = [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 97}" for j in range(40 + i % 13)) for i in range(300)]
 
@@ -142,7 +142,7 @@ def test_interrupted_preparation_resumes_to_identical_shards(tmp_path, monkeypat
     config = PrepareConfig(seq_len=64, shard_tokens=64 * 200)
     prepare(config, tmp_path / "reference", backend="local", progress=False)
 
-    import pipelines.builtin as builtin
+    import blueberry.data.corpus as builtin
 
     original = builtin.iter_builtin_documents
     monkeypatch.setattr("pipelines.sources.iter_builtin_documents", lambda: StopAfter(400)(original()))

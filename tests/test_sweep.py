@@ -95,7 +95,7 @@ def test_smoke_study_end_to_end_and_resume(ray_local, tmp_path):
 
 
 def test_a_study_judged_by_a_downstream_task_maximises_it(ray_local, tmp_path):
-    from blueberry.cli.downstream import TrialDownstream
+    from blueberry.evals.downstream import TrialDownstream
 
     cfg = smoke_config(tmp_path, "downstream", trials=2, steps=8, evals_per_trial=2, metric="val/cloze/acc_norm",
                        mode="max", trial_hooks=TrialDownstream("cloze", limit=8))

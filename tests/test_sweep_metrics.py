@@ -13,7 +13,7 @@ from blueberry.core.events import EvalInfo, RunResult
 from blueberry.errors import UserError
 from blueberry.models.lm.config import tiny
 from blueberry.models.run import RunConfig
-from blueberry.platform.evaluation import parse_tasks, task_metrics
+from blueberry.evals.downstream import downstream_metrics
 from blueberry.platform.report import best_row, study_view
 from blueberry.platform.sweep import DIVERGED_LOSS, SweepConfig, _prior_study, _tune_config, metric_mode, trial_metrics
 
@@ -22,8 +22,8 @@ BASE = RunConfig(tiny(), TrainConfig(train_tokens=16 * 4 * 256, batch_size=4, ev
 
 
 def test_each_metric_runs_its_own_way_and_an_unreported_one_is_refused():
-    downstream = task_metrics(parse_tasks("cloze,bpb"))
-    assert downstream == ["cloze/acc", "cloze/acc_norm", "bpb", "core"]
+    downstream = downstream_metrics(BASE.task(), "cloze,bpb")
+    assert downstream == {"cloze/acc": "max", "cloze/acc_norm": "max", "bpb": "min", "core": "max"}
     assert metric_mode(BASE, "val_loss") == "min" and metric_mode(BASE, "target_tokens") == "min"
     assert metric_mode(BASE, "val/accuracy") == "max" and metric_mode(BASE, "val/perplexity") == "min"
     assert [metric_mode(BASE, f"val/{m}", downstream) for m in downstream] == ["max", "max", "min", "max"]

@@ -14,10 +14,10 @@ from blueberry.core.checkpoint import Checkpointer, latest_checkpoint
 from blueberry.core.config import TrainConfig, replace
 from blueberry.core.hooks import History, Hook, Hooks
 from blueberry.core.loop import train
+from blueberry.data.tokenizer import load_tokenizer
 from blueberry.errors import UserError
 from blueberry.models.lm.task import LMTask
 from blueberry.models.registry import load_model
-from pipelines.tokenizer import load_tokenizer
 
 
 def final_params(state_holder):

@@ -38,8 +38,9 @@ def measure(rank: int, world: int, preset_name: str, store: str, out: str) -> No
     for strategy in ("ddp", "fsdp"):
         parallel = DataParallel(rank, world, strategy)
         torch.manual_seed(0)
-        model = parallel.prepare(task.build_model(), device)
-        optimizer = build_optimizer(model, cfg, device, task.is_hidden_matrix, parallel)
+        model = task.build_model()
+        model = parallel.prepare(model, device, task.blocks(model))
+        optimizer = build_optimizer(model, cfg, device, task.hidden_matrices(model), parallel)
         step_model = parallel.wrap(model, device)
         batch = torch.randint(0, task.config.vocab_size, (1, task.units_per_sample + 1),
                               generator=torch.Generator().manual_seed(rank))

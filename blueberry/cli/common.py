@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
 
 from blueberry.errors import UserError
 
@@ -107,3 +109,72 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a non-empty name")
     return text
+
+
+def _option_type(annotation: Any) -> tuple[type, bool, bool]:
+    """(element type, optional, repeated) of an options field's annotation: `int`, `Path | None`,
+    `tuple[str, ...]`."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple:
+        return args[0], False, True
+    if type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True, False
+    return annotation, False, False
+
+
+def add_options(parser: argparse.ArgumentParser, options: type, title: str | None = None) -> None:
+    """Flags for each field of `options`, a capability's frozen dataclass (`blueberry.core.capabilities.option`):
+    `max_new_tokens` is `--max-new-tokens`, typed and checked against the field's limits; a bool is a switch,
+    a tuple a repeatable flag."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(options)
+    for f in dataclasses.fields(options):
+        meta = f.metadata
+        kind, _, repeated = _option_type(hints[f.name])
+        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
+        common = {"dest": f.name, "help": meta.get("help"), "default": f.default}
+        if meta.get("metavar"):
+            common["metavar"] = meta["metavar"]
+        if kind is bool:
+            group.add_argument(flag, action="store_true", **common)
+            continue
+        if meta.get("choices"):
+            common["choices"] = meta["choices"]
+        parse = _checked(kind, meta)
+        if repeated:
+            group.add_argument(flag, action="append", type=parse, **{**common, "default": None})
+        else:
+            group.add_argument(flag, type=parse, **common)
+
+
+def _checked(kind: type, meta: Mapping[str, Any]) -> Callable[[str], Any]:
+    """argparse's type for a field: parsed as `kind`, then held to the field's limits."""
+    low, high, positive = meta.get("minimum"), meta.get("maximum"), meta.get("positive")
+    if kind not in (int, float):
+        return non_empty if kind is str else kind
+    bounds = " and ".join(part for part in (
+        "> 0" if positive else None, f">= {low:g}" if low is not None else None,
+        f"<= {high:g}" if high is not None else None) if part)
+    expected = f"{'an integer' if kind is int else 'a number'}{' ' + bounds if bounds else ''}"
+
+    def ok(value: float) -> bool:
+        return (math.isfinite(value) and (kind is float or float(value).is_integer())
+                and not (positive and value <= 0) and (low is None or value >= low)
+                and (high is None or value <= high))
+
+    def parse(text: str) -> Any:
+        return kind(_number(text, float, ok, expected))
+
+    return parse
+
+
+def read_options(args: argparse.Namespace, options: type) -> Any:
+    """The `options` dataclass from the flags `add_options` added (repeated flags as tuples)."""
+    values = {}
+    for f in dataclasses.fields(options):
+        value = getattr(args, f.name)
+        if isinstance(f.default, tuple):  # a repeatable flag: None when never given
+            value = f.default if value is None else tuple(value)
+        values[f.name] = value
+    return options(**values)

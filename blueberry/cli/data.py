@@ -21,7 +21,8 @@ from blueberry.cli.common import ArgumentParser, positive_int, run_command
 from blueberry.data.format import Manifest
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import UserError
-from blueberry.platform.data import HUB_TOKENIZER, PrepareConfig, load_tokenizer, prepare, recipe
+from blueberry.data.tokenizer import load_tokenizer
+from blueberry.platform.data import HUB_TOKENIZER, PrepareConfig, prepare, recipe
 
 PROG = "blueberry-data"
 
@@ -100,9 +101,9 @@ def prepare_visual(args: argparse.Namespace) -> Manifest:
     """`--source vq:RUN --images DATA`: every image of DATA encoded by the VQ-VAE run RUN, each a document
     `[BOS] caption <seg_start> codes <seg_end>` in token shards whose manifest records the vocabulary layout."""
     from blueberry.data.format import TokenizerInfo, sha256_file
-    from blueberry.models.lm.multimodal import image_documents, visual_vocab, vocab_size
+    from blueberry.inference.run import open_run
+    from blueberry.models.lm.multimodal import check_visual_tokenizer, image_documents, visual_vocab, vocab_size
     from blueberry.platform.data import documents_key, open_images, prepare_documents
-    from blueberry.platform.inference import open_run
 
     spec = args.source[len(VISUAL_SOURCE):]
     if not spec:
@@ -121,9 +122,7 @@ def prepare_visual(args: argparse.Namespace) -> Manifest:
         path = path / "checkpoints"
     vq = open_run(checkpoint=path, device=args.device) if path.exists() else \
         open_run(spec, args.runs_dir, device=args.device)
-    if vq.task.kind != "vqvae":
-        raise UserError(f"{spec} is not a VQ-VAE run (its kind is {vq.task.kind!r}): pass a run trained with a "
-                        "vqvae-* preset")
+    check_visual_tokenizer(vq.model, f"{spec} (a {vq.task.kind!r} run)")
     images = open_images(args.images)
     vq.task.check_data(images)
     text = load_tokenizer(args.tokenizer or "builtin")

@@ -14,8 +14,8 @@ common flags in, a `SweepConfig` out, the sweep run, a summary printed.
 
 With no flags, a study sizes itself to the machine: on a cluster with GPUs, the `gpu` scale (the
 record `nano-88m` speedrun, 8,011,776 tokens a trial); without GPUs, the `cpu` scale (a small but
-meaningful version on the built-in corpus with the `tiny` preset). `--smoke` is the quick check
-(1m17s on two CPU cores, measured 2026-11-23). Building a config (`Study.sweep_config`) never
+meaningful version on the built-in corpus with the `tiny` preset). `--smoke` is the quick check (about
+a minute on two CPU cores; docs/benchmarks.md has the measured time). Building a config (`Study.sweep_config`) never
 starts Ray: only choosing the scale by asking the cluster does, when no `--scale` (or `--smoke`) is
 given and the study's cpu and gpu scales differ.
 """
@@ -26,14 +26,14 @@ import functools
 import json
 import sys
 from argparse import Namespace
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from blueberry.cli.common import (ArgumentParser, non_empty, non_negative_float, positive_float, positive_int,
                                   run_command, seed)
-from blueberry.cli.downstream import TrialDownstream
+from blueberry.evals.downstream import TrialDownstream
 from blueberry.core.config import TrainConfig
 from blueberry.errors import UserError
 from blueberry.models.registry import preset, preset_names
@@ -68,7 +68,7 @@ class Scales:
 
 
 SWEEP_SCALES = Scales(
-    smoke=StudyScale("smoke", "tiny", 40_960, 4, 4),  # 1m17s on two cores (2026-11-23), data preparation included
+    smoke=StudyScale("smoke", "tiny", 40_960, 4, 4),  # about a minute on two cores
     cpu=StudyScale("cpu", "tiny", 409_600, 8, 8),  # CPUs only: about 50 steps of 8 x 256 per trial
     gpu=StudyScale("gpu", "nano-88m", 8_011_776, 16, 8),  # a GPU cluster: the speedrun record's budget
 )
@@ -132,8 +132,8 @@ class Study:
         parser.add_argument("--scale", choices=("smoke", "cpu", "gpu"),
                             help="size the runs for a smoke test, CPUs or GPUs (default: gpu when the cluster has "
                                  "GPUs, else cpu)")
-        parser.add_argument("--smoke", action="store_true", help="the same as --scale smoke: 1m17s on "
-                                                                 "2 CPU cores (measured 2026-11-23)")
+        parser.add_argument("--smoke", action="store_true", help="the same as --scale smoke: a quick check, "
+                                                                 "about a minute on 2 CPU cores")
         parser.add_argument("--eval-tasks", metavar="LIST", type=non_empty,
                             help="downstream tasks every trial scores at each evaluation, as blueberry-eval's "
                                  "--tasks (e.g. cloze or cloze,hellaswag=FILE; files must be readable by every "
@@ -188,7 +188,7 @@ class Study:
         trials = args.trials or scale.trials
         grid = self.grid(args, base, scale)
         metric = args.metric or self.metric
-        downstream = self.downstream(args)
+        downstream = self.downstream(args, base)
         mode = metric_mode(base, metric, downstream)
         # The tracking store is part of a study's identity: the same settings recorded elsewhere are
         # another study, not one to restore from Ray storage that the new store has never seen.
@@ -207,16 +207,16 @@ class Study:
             tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
             max_concurrent_trials=args.max_concurrent, evals_per_trial=self.evals_per_trial, seed=args.seed)
 
-    def downstream(self, args: Namespace) -> list[str]:
-        """The metric names `--eval-tasks` gives each trial (checked: unknown tasks and missing files
-        are refused here, before any work)."""
+    def downstream(self, args: Namespace, base: RunConfig) -> Mapping[str, str]:
+        """The metric names `--eval-tasks` gives each trial, each with the way it improves (checked: unknown
+        tasks, missing files and kinds without downstream tasks are refused here, before any work)."""
         if not args.eval_tasks:
             if args.eval_tasks_limit:
                 raise UserError("--eval-tasks-limit needs --eval-tasks")
-            return []
-        from blueberry.platform.evaluation import parse_tasks, task_metrics
+            return {}
+        from blueberry.evals.downstream import downstream_metrics
 
-        return task_metrics(parse_tasks(args.eval_tasks))
+        return downstream_metrics(base.task(), args.eval_tasks)
 
     def run(self, args: Namespace, scale: StudyScale) -> str:
         """Run the study; what to print."""

@@ -107,16 +107,16 @@ def parse_overrides(items: list[str], cls: type) -> dict[str, object]:
         name, sep, text = item.partition("=")
         if not sep or name not in types:
             raise ConfigError(f"bad override {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}")
-        kind = str(types[name])
+        type_name = str(types[name])
         try:
-            if kind == "bool":
+            if type_name == "bool":
                 if text.lower() not in ("1", "0", "true", "false"):
                     raise ValueError(text)
                 overrides[name] = text.lower() in ("1", "true")
             else:
-                overrides[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
+                overrides[name] = int(text) if type_name == "int" else float(text) if type_name == "float" else text
         except ValueError:
-            raise ConfigError(f"bad override {item!r}: {name} takes a {kind}") from None
+            raise ConfigError(f"bad override {item!r}: {name} takes a {type_name}") from None
     return overrides
 
 
@@ -173,10 +173,10 @@ def main_body(argv: Sequence[str] | None) -> int:
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     if uri is not None:
         check_uri(uri)
-    if args.eval_tasks:  # a task name or file that is wrong: answered before any training
-        from blueberry.platform.evaluation import parse_tasks
+    if args.eval_tasks:  # a task name or file that is wrong, or a kind without tasks: answered before any training
+        from blueberry.evals.downstream import downstream_metrics
 
-        parse_tasks(args.eval_tasks)
+        downstream_metrics(task, args.eval_tasks)
     data = open_for(task, args.data, progress=not args.no_progress)
     name = args.run_name or f"{args.preset}-{run.key(data=data_key(data))}"
     run_dir = confined(args.runs_dir, name, "--run-name")
@@ -213,7 +213,7 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
         args.experiment, name, params=run_params(run, args.preset, args.data), tags={"preset": args.preset,
                                                                                    "data": args.data},
         uri=uri, log_every=train_cfg.log_every, run_id_file=run_dir / "mlflow_run_id",
-        reference_loss=(data.unigram_entropy(), "unigram entropy of the training data") if run.kind == "lm" else None)
+        reference_loss=run.task().reference_loss(data))
     # StopOnSignal last: on Ctrl-C every other hook has seen the step it saves.
     progress = [] if args.no_progress else [ProgressBar()]
     samples = sample_logger(args, run, data, tracker)
@@ -231,31 +231,26 @@ def train_run(args: argparse.Namespace, run: RunConfig, data: Any, name: str, ru
 
 
 def sample_logger(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> list[Any]:
-    """The hook that logs samples at evaluations, for a tracked language-model run whose tokenizer
-    loads here (a hub tokenizer offline does not: the run trains without samples and says so)."""
-    if args.no_track:
+    """The hook that logs samples at evaluations, for a tracked run whose kind draws some (its `Generate`
+    capability); a language model whose tokenizer does not load here (a hub tokenizer offline) trains
+    without samples and says so."""
+    if args.no_track or run.task().capabilities.generate is None:
         return []
-    if run.kind == "dit":  # a grid of every class from the EMA weights (steps and guidance: the evaluation's)
-        from blueberry.models.dit.samples import GridLogger
+    from blueberry.core.capabilities import SampleSettings
 
-        return [GridLogger(tracker.log_image, data.manifest.classes, steps=run.model.eval_steps,
-                           cfg_scale=run.model.eval_cfg_scale)]
-    if args.sample_tokens == 0 or run.kind != "lm":
-        return []
-    from blueberry.models.lm.samples import DEFAULT_PROMPTS, SampleLogger
-    from blueberry.platform.data import prepared_tokenizer
-
+    task = run.task()
+    settings = SampleSettings(prompts=tuple(args.sample_prompt or ()), max_new_tokens=args.sample_tokens)
     try:
-        tokenizer = prepared_tokenizer(data)
+        hook = task.capabilities.generate().evaluation_samples(task, data, tracker, settings)
     except UserError as err:
         print(f"{PROG}: no samples at evaluations: {err}", file=sys.stderr)
         return []
-    return [SampleLogger(tokenizer, tracker.log_text, args.sample_prompt or DEFAULT_PROMPTS, args.sample_tokens)]
+    return [hook] if hook is not None else []
 
 
 def downstream_eval(args: argparse.Namespace, run: RunConfig, data: Any, tracker: Any) -> Any:
     """The hook that scores `--eval-tasks` on the model being trained and hands them to the tracker."""
-    from blueberry.cli.downstream import downstream_hook
+    from blueberry.evals.downstream import downstream_hook
 
     return downstream_hook(run, data, args.eval_tasks, tracker, every=args.eval_tasks_every,
                            limit=args.eval_tasks_limit)

@@ -44,8 +44,10 @@ def train(task: Task, train_cfg: TrainConfig, data: Any, hooks: Hook | Iterable[
     total_steps = train_cfg.total_steps(task.units_per_sample, parallel.world_size)
 
     torch.manual_seed(train_cfg.seed)
-    model = parallel.prepare(task.build_model(), device)  # on the device, or (FSDP) sharded across ranks
-    optimizer = build_optimizer(model, train_cfg, device, task.is_hidden_matrix, parallel)
+    model = task.build_model()
+    model = parallel.prepare(model, device, task.blocks(model))  # on the device, or (FSDP) sharded across ranks
+    # After `prepare`: FSDP replaces the parameters with sharded ones, which are what the optimizer steps.
+    optimizer = build_optimizer(model, train_cfg, device, task.hidden_matrices(model), parallel)
     stream = data.train_stream(train_cfg.batch_size, train_cfg.seed, rank=parallel.rank,
                                world_size=parallel.world_size)
     state = TrainState(task, train_cfg, model, optimizer, stream, device, parallel, task.describe_data(data))

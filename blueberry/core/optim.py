@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,24 +293,16 @@ def _sharded_like(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str
     return {**saved, "state": state}
 
 
-def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:
-    """Muon's share by default: 2-D weights inside the repeated blocks (a module list named `blocks`, as
-    in Blueberry and most transformers), except an MoE router (a tiny classifier head). Embeddings and
-    output heads go to AdamW. A task with another layout says its own (`Task.is_hidden_matrix`)."""
-    return param.ndim == 2 and name.startswith("blocks.") and ".router." not in name
-
-
-HiddenRule = Callable[[str, nn.Parameter], bool]
-
-
-def split_params(model: nn.Module, is_hidden: HiddenRule = is_hidden_matrix,
+def split_params(model: nn.Module, hidden_matrices: Collection[nn.Parameter] = (),
                  ) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
-    """(hidden matrices, other decayed >=2-D params, 1-D params that are never decayed)."""
+    """(hidden matrices, other decayed >=2-D params, 1-D params that are never decayed), in the model's
+    parameter order; `hidden_matrices` are those the task gives Muon (`Task.hidden_matrices`)."""
+    chosen = {id(p) for p in hidden_matrices}
     hidden, decayed, no_decay = [], [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        if is_hidden(name, p):
+        if id(p) in chosen:
             hidden.append(p)
         elif p.ndim >= 2:
             decayed.append(p)
@@ -325,17 +317,18 @@ def _adamw(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
-                    is_hidden: HiddenRule = is_hidden_matrix, parallel: DataParallel = SINGLE_PROCESS) -> OptimizerSet:
-    """Muon for hidden matrices plus AdamW for the rest, or AdamW for everything. With several
-    data-parallel ranks (`parallel`), Muon splits its orthogonalisation across them."""
-    hidden, decayed, no_decay = split_params(model, is_hidden)
+                    hidden_matrices: Collection[nn.Parameter] = (), parallel: DataParallel = SINGLE_PROCESS,
+                    ) -> OptimizerSet:
+    """Muon for `hidden_matrices` (`Task.hidden_matrices`) plus AdamW for the rest, or AdamW for everything.
+    With several data-parallel ranks (`parallel`), Muon splits its orthogonalisation across them."""
+    hidden, decayed, no_decay = split_params(model, hidden_matrices)
     if cfg.optimizer == "adamw":
         return OptimizerSet([_adamw([{"params": hidden + decayed, "weight_decay": cfg.weight_decay, "name": "adamw"},
                                      {"params": no_decay, "weight_decay": 0.0, "name": "adamw_no_decay"}],
                                     cfg, device)])
     if not hidden:
-        raise ConfigError("the model has no hidden matrices for Muon (see Task.is_hidden_matrix): "
-                          "train it with optimizer adamw")
+        raise ConfigError("this model kind gives Muon no matrices (its Task declares no blocks: Task.blocks, "
+                          "Task.hidden_matrices): train it with optimizer adamw")
     # bf16 matmuls are what make Polar Express cheap on GPUs; most CPUs have no fast bf16 GEMM.
     ortho_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     muon = Muon([{"params": hidden, "name": "muon"}], lr=cfg.muon_lr, momentum=cfg.muon_momentum,

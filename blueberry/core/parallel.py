@@ -8,9 +8,8 @@ sums) are all-reduced, so every rank stops, evaluates and checkpoints at the sam
 
 - `ddp`: every rank holds the whole model, its gradients and the optimizer state; backward
   all-reduces the gradients (`DistributedDataParallel`).
-- `fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) on each module of the model's `blocks`
-  (the repeated transformer blocks, the layout `Task.is_hidden_matrix` already assumes) and on the
-  root (embeddings, final norm). Every parameter is a `DTensor` sharded on dim 0: a rank holds 1/W of
+- `fsdp`: FSDP2 (`torch.distributed.fsdp.fully_shard`) on each of the repeated layers the task declares
+  (`Task.blocks`: a transformer's blocks) and on the root (embeddings, final norm). Every parameter is a `DTensor` sharded on dim 0: a rank holds 1/W of
   the parameters, gradients and optimizer state. Forward and backward all-gather one block's
   parameters at a time; backward reduce-scatters its gradients.
 - `activation_checkpointing`: each block keeps only its input for backward and recomputes the rest
@@ -33,7 +32,7 @@ without activation checkpointing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from blueberry.errors import UserError
+from blueberry.errors import ConfigError, UserError
 
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 
@@ -62,13 +61,6 @@ class DataParallel:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
 
-    @classmethod
-    def from_process_group(cls, strategy: str = "ddp", activation_checkpointing: bool = False) -> DataParallel:
-        if not (dist.is_available() and dist.is_initialized()):
-            return cls(strategy=strategy, activation_checkpointing=activation_checkpointing)
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), strategy=strategy,
-                   activation_checkpointing=activation_checkpointing)
-
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -84,12 +76,17 @@ class DataParallel:
         run the same forwards (each all-gathers parameters), so every rank evaluates every row."""
         return SINGLE_PROCESS if self.sharded else self
 
-    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
+    def prepare(self, model: nn.Module, device: torch.device, blocks: Sequence[nn.Module] = ()) -> nn.Module:
         """The model placed for training, before the optimizer sees its parameters: on `device`, or
-        (FSDP) sharded across the ranks with only this rank's shards moved to `device`; with
-        activation checkpointing, each block recomputes its activations in backward."""
+        (FSDP) sharded across the ranks, one of its `blocks` (`Task.blocks`) at a time, with only this
+        rank's shards moved to `device`; with activation checkpointing, each block recomputes its
+        activations in backward. A model without blocks cannot do either: refused in one line."""
+        if (self.activation_checkpointing or self.sharded) and not blocks:
+            what = "activation checkpointing" if self.activation_checkpointing else "FSDP"
+            raise ConfigError(f"{what} works block by block, and this model kind declares no blocks (Task.blocks): "
+                              "train it without --activation-checkpointing, with --strategy ddp")
         if self.activation_checkpointing:
-            for block in transformer_blocks(model):
+            for block in blocks:
                 checkpoint_activations(block)
         if not self.sharded:
             return model.to(device)
@@ -99,7 +96,7 @@ class DataParallel:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         mesh = init_device_mesh(device.type, (self.world_size,))
-        for block in transformer_blocks(model):
+        for block in blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
@@ -144,13 +141,6 @@ class DataParallel:
 
 
 SINGLE_PROCESS = DataParallel()
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks: every module of each `nn.ModuleList` named `blocks` in `model` (the units
-    FSDP shards and activation checkpointing recomputes)."""
-    return [block for name, module in model.named_modules()
-            if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "blocks" for block in module]
 
 
 def checkpoint_activations(module: nn.Module) -> None:

@@ -2,10 +2,12 @@
 
 A `Task` is everything a model kind (the language model, a diffusion transformer, a VQ-VAE...) gives
 the platform: how to build its model from its config, the loss of a batch, its evaluation as named
-metrics, the unit its progress is counted in and how many units a sample holds, FLOPs per unit, and
-the numbers a scaling fit reads. The training loop, sweeps, ASHA, Ray Train, tracking and
-checkpoints take a Task and never name a model class; a new kind adds a folder under
-`blueberry/models/` and registers its Task there.
+metrics, the unit its progress is counted in and how many units a sample holds, FLOPs per unit (for MFU
+and the compute sweeps record), the numbers a scaling fit reads, and its repeated layers (`blocks`: what
+FSDP shards, activation checkpointing recomputes and Muon updates). The training loop, sweeps, ASHA, Ray
+Train, tracking and checkpoints take a Task and never name a model class; a new kind adds a folder under
+`blueberry/models/` and registers its Task there. What a kind can do with a trained model (sample,
+evaluate, export) it declares in `capabilities` (`blueberry.core.capabilities`).
 
 What a Task needs of its data is small: `train_stream(batch_size, seed, rank=, world_size=)` for
 the loop (a stream with `next()`, `peek()` and an integer `position`), plus whatever its own
@@ -15,14 +17,14 @@ the loop (a stream with `next()`, `peek()` and an integer `position`), plus what
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import torch
 import torch.nn as nn
 
 from blueberry.core.config import TrainConfig
-from blueberry.core.optim import is_hidden_matrix
 from blueberry.core.parallel import DataParallel
 
 ModelConfigT = TypeVar("ModelConfigT")
@@ -31,6 +33,20 @@ ModelConfigT = TypeVar("ModelConfigT")
 class Loss(NamedTuple):
     value: torch.Tensor  # the loss the run reports and judges (divergence, target, ASHA)
     aux: torch.Tensor  # added to `value` for the gradient only (an MoE balancing loss, a KL term); may be 0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind can do with a trained model, one class each from its own folder (None: it cannot). Each is
+    built on an interface of `blueberry.core.capabilities`: `generate` on `Generate` (blueberry-generate),
+    `evaluate` on `Evaluate` (blueberry-eval; without one, the Task's own `evaluate` on `--data`),
+    `downstream` on `Downstream` (tasks scored during training, `--eval-tasks`), `export` on `Export`
+    (blueberry-export)."""
+
+    generate: type | None = None
+    evaluate: type | None = None
+    downstream: type | None = None
+    export: type | None = None
 
 
 class Task(ABC, Generic[ModelConfigT]):
@@ -48,6 +64,8 @@ class Task(ABC, Generic[ModelConfigT]):
     # What `evaluate` reports, each with the way it improves ("min" or "max"): a sweep may judge trials
     # by any of them (`--metric val/<name>`).
     eval_metrics: ClassVar[Mapping[str, str]] = {"loss": "min"}
+    # What it can do with a trained model: sample, be evaluated, score downstream tasks, be exported.
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: ModelConfigT) -> None:
         if not isinstance(config, self.config_class):
@@ -80,10 +98,22 @@ class Task(ABC, Generic[ModelConfigT]):
     def param_counts(self) -> dict[str, int]:
         """Parameter counts by name; "total" at least."""
 
-    def is_hidden_matrix(self, name: str, param: nn.Parameter) -> bool:
-        """Whether Muon (rather than AdamW) updates this parameter; by default the 2-D weights of a
-        transformer's `blocks` (`blueberry.core.optim.is_hidden_matrix`)."""
-        return is_hidden_matrix(name, param)
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        """The model's repeated layers, in order: the units FSDP shards one at a time and activation
+        checkpointing recomputes, whose weight matrices Muon updates (`hidden_matrices`). None by default:
+        a kind that declares none trains on one device or under DDP with AdamW, and asking it for FSDP,
+        activation checkpointing or Muon is refused in one line."""
+        return []
+
+    def hidden_matrices(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters Muon (rather than AdamW) updates: by default every 2-D weight inside `blocks`.
+        Embeddings, output heads and norms stay with AdamW."""
+        return [p for block in self.blocks(model) for p in block.parameters() if p.ndim == 2]
+
+    def reference_loss(self, data: Any) -> tuple[float, str] | None:
+        """A loss worth drawing beside the run's curves, with what it is (the language model: the unigram
+        entropy of its training data, what a model that ignores context reaches); None: none."""
+        return None
 
     def scale_params(self, train: TrainConfig, world_size: int = 1) -> dict[str, int | float]:
         """What scaling fits read from every tracked run. By default: N (total parameters), D (units

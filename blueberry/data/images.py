@@ -194,15 +194,6 @@ def require_images(data: Any, kind: str) -> ImageManifest:
     return data.manifest
 
 
-def is_image_directory(directory: str | Path) -> bool:
-    """Whether `directory` holds a finished image preparation (its manifest says `kind: images`)."""
-    path = Path(directory) / MANIFEST_NAME
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("kind") == KIND
-    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
-        return False
-
-
 def read_image_manifest(directory: str | Path) -> ImageManifest:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

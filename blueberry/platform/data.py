@@ -1,5 +1,6 @@
 """The one door from `blueberry` into `pipelines/`: open what `--data` names, share it through Ray's
-object store, and what `blueberry-data` drives (preparation, recipes, tokenizers). Nothing else in
+object store, and what `blueberry-data` drives (preparation, recipes). Tokenizers are the data layer's
+(`blueberry.data.tokenizer`). Nothing else in
 `blueberry` imports `pipelines`, which in turn reads only `blueberry.data` and `blueberry.errors`.
 
 A `--data` string names token shards (the language model's data) or, for a task whose `data_format` is
@@ -17,14 +18,12 @@ from blueberry.core.task import Task
 from blueberry.data.format import Manifest, read_manifest
 from blueberry.data.images import ImageShards, SharedImages, read_image_manifest
 from blueberry.data.tokens import TokenShards
-from blueberry.errors import UserError
-from pipelines.builtin_data import builtin_data_dir
+from pipelines.builtin import builtin_data_dir
 from pipelines.images.prepare import ImagePrepareConfig, prepare_images, prepared_image_dir  # noqa: F401
 from pipelines.multimodal import documents_key, prepare_documents  # noqa: F401  (multimodal data)
 from pipelines.prepare import PrepareConfig, prepare  # noqa: F401  (blueberry-data's, through this door)
 from pipelines.recipes import HUB_TOKENIZER, recipe  # noqa: F401
 from pipelines.share import SharedShards, share
-from pipelines.tokenizer import load_tokenizer  # noqa: F401
 
 
 def _directory(spec: str, seq_len: int, progress: bool) -> Path:
@@ -85,17 +84,3 @@ def spec_key(task: Task, spec: str) -> str:
     if task.data_format == "images":
         return read_image_manifest(_image_directory(spec, progress=False)).preparation_key
     return read_manifest(_directory(spec, task.units_per_sample, progress=False)).preparation_key
-
-
-def prepared_tokenizer(data: TokenShards, candidate: Any = None) -> Any:
-    """The tokenizer `data` was prepared with: `candidate` when it is that one (by the sha256 of its
-    definition), else loaded by the name the manifest records and checked the same way (a
-    tokenizer.json replaced since would decode and score wrongly, without a sign)."""
-    recorded = data.manifest.tokenizer
-    if candidate is not None and candidate.sha256 == recorded.sha256:
-        return candidate
-    loaded = load_tokenizer(recorded.name)
-    if loaded.sha256 != recorded.sha256:
-        raise UserError(f"tokenizer {recorded.name} has changed since the data was prepared (sha256 "
-                        f"{loaded.sha256[:12]}, the manifest records {recorded.sha256[:12]}): prepare the data again")
-    return loaded

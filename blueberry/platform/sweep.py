@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,7 @@ class SweepConfig:
     mode: str = "min"  # "max" for accuracies
     # Hooks each trial adds, built inside the trial from its run config, its opened data and the hook
     # they report evaluations to (the trial's MLflow run and its reports to Tune): downstream tasks
-    # (`blueberry.cli.downstream.TrialDownstream`). Picklable, like `space`.
+    # (`blueberry.evals.downstream.TrialDownstream`). Picklable, like `space`.
     trial_hooks: Callable[[RunConfig, Any, Hook], Sequence[Hook]] | None = None
     trials: int = 8
     # What `--data` names (`builtin` or a prepared directory), or a handle with `open()` that
@@ -108,11 +108,11 @@ class SweepConfig:
             raise UserError("a tokens-to-target study needs --target-train-loss")
 
 
-def metric_mode(base: RunConfig, metric: str, downstream: Sequence[str] = ()) -> str:
-    """Which way `metric` improves ("min" or "max") for trials of `base` scoring the `downstream` metric
-    names (`blueberry.platform.evaluation.task_metrics`); a name no trial would report is refused."""
-    from blueberry.platform.evaluation import higher_is_better
-
+def metric_mode(base: RunConfig, metric: str, downstream: Mapping[str, str] | None = None) -> str:
+    """Which way `metric` improves ("min" or "max") for trials of `base` scoring the `downstream` metrics
+    (name -> the way it improves: `blueberry.evals.downstream.downstream_metrics`); a name no trial would
+    report is refused."""
+    downstream = downstream or {}
     if metric in ("val_loss", "target_tokens"):
         return "min"
     name = metric.removeprefix("val/")
@@ -120,7 +120,7 @@ def metric_mode(base: RunConfig, metric: str, downstream: Sequence[str] = ()) ->
     if metric.startswith("val/") and name in evaluated:
         return evaluated[name]
     if metric.startswith("val/") and name in downstream:
-        return "max" if higher_is_better(name) else "min"
+        return downstream[name]
     known = ["val_loss", "target_tokens", *(f"val/{m}" for m in (*evaluated, *downstream))]
     hint = "" if downstream else " (downstream metrics need --eval-tasks)"
     raise UserError(f"--metric {metric}: the trials do not report it; choose one of {', '.join(known)}{hint}")

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from blueberry.data.cache import cache_dir
 from blueberry.data.format import MANIFEST_NAME, SPLITS, sha256_file
 from blueberry.data.images import (IMAGE_FORMAT_VERSION, MAX_CLASSES, ImageManifest, ImageShardInfo, ImageSplit,
                                    read_image_manifest, write_image_shard)
 from blueberry.errors import ConfigError, DataError, UserError
 from blueberry.files import ExclusiveLock, LockHeld, atomic_file, confined, read_json_object, write_atomic
-from pipelines.cache import cache_dir
 from pipelines.images.sources import Example, ImageSource, open_image_source
 
 PARTIAL_STATE = ".preparing.json"

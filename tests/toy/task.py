@@ -94,8 +94,8 @@ class RegressionTask(Task[RegressionConfig]):
     def build_model(self) -> nn.Module:
         return RegressionModel(self.config)
 
-    def is_hidden_matrix(self, name: str, param: nn.Parameter) -> bool:
-        return name == "hidden.weight"
+    def hidden_matrices(self, model: nn.Module) -> list[nn.Parameter]:
+        return [model.hidden.weight]
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> Loss:
         prediction = model(batch[:, :-1])

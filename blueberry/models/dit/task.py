@@ -12,13 +12,14 @@ step; it lives in the model's buffers and so in every checkpoint.
 
 Evaluation: "loss" is the same objective on the first `eval_tokens` held-out images with fixed noise and
 times; with `eval_samples`, the EMA weights also sample that many images (classes in turn, fixed noise) and
-the judge (`judge.py`) scores them: "class_accuracy" (the share it recognises as the class asked for) and
+the judge (`blueberry.vision`) scores them: "class_accuracy" (the share it recognises as the class asked for) and
 "fid" (Fréchet distance of its features, or InceptionV3's, to those of the training images).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,14 +32,16 @@ from blueberry.core.hardware import autocast
 from blueberry.core.hooks import Hook
 from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
 from blueberry.core.state import TrainState
-from blueberry.core.task import Loss, Task
+from blueberry.core.task import Capabilities, Loss, Task
 from blueberry.data.images import ImageBatch, ImageShards, require_images
 from blueberry.errors import DataError
+from blueberry.models.dit.capabilities import ImageGrid
 from blueberry.models.dit.config import PRESETS, TRAIN_PRESETS, DiTConfig
-from blueberry.models.dit.fid import FeatureStats, InceptionFeatures, check_inception, frechet_distance
-from blueberry.models.dit.judge import load_or_train_judge
 from blueberry.models.dit.model import DiT, count_params, ema_decay_at, flops_per_image
-from blueberry.models.dit.sample import generate, to_model_units
+from blueberry.models.dit.sampling import generate
+from blueberry.vision.fid import check_inception
+from blueberry.vision.pixels import to_model_units
+from blueberry.vision.scoring import ImageScorer
 
 EVAL_SEED = 0  # the fixed noise and times of every evaluation
 
@@ -96,10 +99,11 @@ class DiTTask(Task[DiTConfig]):
     train_presets = TRAIN_PRESETS
     data_format = "images"
     eval_metrics = {"loss": "min", "fid": "min", "class_accuracy": "max"}
+    capabilities = Capabilities(generate=ImageGrid)
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__(config)
-        self._scorers: dict[tuple[str, str], Scorer] = {}
+        self._scorers: dict[tuple[str, str], ImageScorer] = {}
 
     def build_model(self) -> DiT:
         return DiT(self.config)
@@ -155,11 +159,11 @@ class DiTTask(Task[DiTConfig]):
             total += ((prediction.float() - target) ** 2).double().sum()
         return (parallel.sum(total) / (n * math.prod(data.shape))).item()
 
-    def scorer(self, data: ImageShards, device: torch.device) -> Scorer:
+    def scorer(self, data: ImageShards, device: torch.device) -> ImageScorer:
         """The judge (and reference statistics) for `data`, made once per process."""
         key = (data.manifest.preparation_key, str(device))
         if key not in self._scorers:
-            self._scorers[key] = Scorer(data, device, self.config.fid_features)
+            self._scorers[key] = ImageScorer(data, device, self.config.fid_features)
         return self._scorers[key]
 
     def sample_metrics(self, ema_model: nn.Module, data: ImageShards, device: torch.device, samples: int, steps: int,
@@ -187,6 +191,9 @@ class DiTTask(Task[DiTConfig]):
     def flops_per_unit(self) -> float:
         return flops_per_image(self.config)
 
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        return list(model.blocks)
+
     def param_counts(self) -> dict[str, int]:
         return {"total": count_params(self.config)}
 
@@ -204,43 +211,3 @@ class DiTTask(Task[DiTConfig]):
     def describe_data(self, data: ImageShards) -> dict[str, Any]:
         """What sampling needs without the data: the class names, the image shape, and which data it was."""
         return {"images": data.manifest.description()}
-
-
-class Scorer:
-    """The judge of a dataset and the reference statistics of its training images' features."""
-
-    def __init__(self, data: ImageShards, device: torch.device, features: str) -> None:
-        self.device = device
-        self.judge, self.record = load_or_train_judge(data, device)
-        self.inception = InceptionFeatures(check_inception(), device) if features == "inception" else None
-        images, _ = data.split_arrays("train")
-        reference = self._stats_dim()
-        for start in range(0, len(images), 512):
-            reference.add(self.features(torch.from_numpy(images[start:start + 512]).to(device)))
-        self.mu, self.sigma = reference.mean(), reference.covariance()
-
-    def _stats_dim(self) -> FeatureStats:
-        dim = self.inception.dim if self.inception is not None else self.judge.embed.out_features
-        return FeatureStats.zeros(dim, self.device)
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """FID features of uint8 images."""
-        if self.inception is not None:
-            return self.inception(images)
-        return self.judge.features(to_model_units(images)).double()
-
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[FeatureStats, torch.Tensor]:
-        """(feature sums, number the judge recognises as their label) of uint8 images."""
-        stats = self._stats_dim()
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
-        for start in range(0, len(images), 512):
-            chunk = images[start:start + 512].to(self.device)
-            stats.add(self.features(chunk))
-            predicted = self.judge(to_model_units(chunk)).argmax(1)
-            correct += (predicted == labels[start:start + 512].to(self.device)).sum()
-        return stats, correct
-
-    def fid(self, stats: FeatureStats) -> float:
-        return frechet_distance(stats.mean(), stats.covariance(), self.mu, self.sigma)

@@ -77,7 +77,7 @@ def nano_151m() -> ModelConfig:
     return ModelConfig(n_layers=32, mlp="swiglu")
 
 
-# The built-in byte-level BPE tokenizer's vocabulary (`pipelines.tokenizer.BUILTIN_VOCAB_SIZE`, which
+# The built-in byte-level BPE tokenizer's vocabulary (`blueberry.data.tokenizer.BUILTIN_VOCAB_SIZE`, which
 # tests/test_config.py checks against this): the small presets train on the built-in corpus.
 BUILTIN_VOCAB_SIZE = 8192
 

@@ -21,7 +21,7 @@ whatever multiple-choice tasks were run: (acc_norm - chance) / (1 - chance), cha
 of 1 / (number of choices) over the questions. It is CORE-style, not DCLM's 22-task CORE.
 
 Everything here is plain PyTorch on a model and a tokenizer already in memory; where the questions
-and data come from is `blueberry.platform.evaluation`, and lm-eval's adapter `blueberry.platform.harness`.
+and data come from is `blueberry.models.lm.benchmarks`, and lm-eval's adapter `blueberry.evals.harness`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ TARGET_DELIMITER = " "  # lm-eval's default `target_delimiter` between a query a
 
 
 class TextTokenizer(Protocol):
-    """What scoring needs of a tokenizer (`pipelines.tokenizer.Tokenizer` is one)."""
+    """What scoring needs of a tokenizer (`blueberry.data.tokenizer.Tokenizer` is one)."""
 
     eos_id: int
     backend: Any  # a `tokenizers.Tokenizer`: its vocabulary says how many bytes each token stands for

@@ -2,7 +2,7 @@
 batched prompts of different lengths (left-padded, each decoding as it would alone), and sampling
 (greedy, temperature, top-k, top-p) from a seeded generator, stopping at EOS or a token limit.
 
-Token ids in, token ids out: the tokenizer is the caller's (`blueberry.platform.inference`).
+Token ids in, token ids out: the tokenizer is the caller's (`blueberry.inference.run`).
 """
 
 from __future__ import annotations

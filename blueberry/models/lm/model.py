@@ -153,11 +153,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, d_model: int, d_ff: int, kind: str) -> None:
+    """down(silu(gate(x)) * up(x)) for `swiglu`, down(relu(up(x))^2) for `relu2` (`ModelConfig.mlp`)."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str) -> None:
         super().__init__()
-        self.kind = kind
         self.up = nn.Linear(d_model, d_ff, bias=False)
-        self.gate = nn.Linear(d_model, d_ff, bias=False) if kind == "swiglu" else None
+        self.gate = nn.Linear(d_model, d_ff, bias=False) if activation == "swiglu" else None
         self.down = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,28 +10,42 @@ document and begins the next), as in GPT-2. Training needs nothing more: the loo
 Generation prompts `[BOS] caption <seg_start>` and then allows only codes for as many steps as the grid
 holds, then only `<seg_end>` (an allowed-token mask, `Generator.stream(allowed=...)`), so every sample
 is exactly one grid of codes, which the recorded VQ-VAE decodes.
+
+The visual tokenizer is any model that encodes images to a grid of codes and decodes them back
+(`VisualTokenizer`: a VQ-VAE run opened for inference is one); this module names no other kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from blueberry.core.checkpoint import load_weights
-from blueberry.core.config import from_dict
 from blueberry.data.format import VisualVocab, sha256_file
 from blueberry.data.images import ImageShards
 from blueberry.errors import UserError
 from blueberry.models.lm.generate import AllowedTokens, Generator, Sampling
-from blueberry.models.vqvae.model import VQVAE, to_model_units, to_uint8
-from blueberry.models.vqvae.task import VQVAETask
+from blueberry.vision.pixels import to_model_units, to_uint8
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ENCODE_BATCH = 512
+
+
+@runtime_checkable
+class VisualTokenizer(Protocol):
+    """A model that turns images ([-1, 1], (N, C, H, W)) into grids of codes (N, h, w) and back; its `cfg`
+    says its `codebook_size`, `grid`, `channels` and `image_size` (a VQ-VAE is one)."""
+
+    cfg: Any
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
 
 def caption(class_name: str) -> str:
@@ -41,7 +55,7 @@ def caption(class_name: str) -> str:
     return f"{article} {word}"
 
 
-def visual_vocab(text_vocab_size: int, vq: VQVAE, classes: Sequence[str], encoder: dict[str, Any]) -> VisualVocab:
+def visual_vocab(text_vocab_size: int, vq: VisualTokenizer, classes: Sequence[str], encoder: dict[str, Any]) -> VisualVocab:
     """The layout of a vocabulary of `text_vocab_size` text tokens followed by `<seg_start>`, `<seg_end>` and
     the codes of `vq`; the whole vocabulary is `code_offset + codebook_size`."""
     cfg = vq.cfg
@@ -76,7 +90,7 @@ def document(caption_ids: Sequence[int], codes: torch.Tensor, layout: VisualVoca
 
 
 @torch.no_grad()
-def encode_images(vq: VQVAE, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+def encode_images(vq: VisualTokenizer, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, h, w) codes of uint8 images (N, C, H, W), on the CPU."""
     images = torch.as_tensor(images)
     codes = [vq.encode(to_model_units(images[i:i + ENCODE_BATCH].to(device))).cpu()
@@ -85,13 +99,13 @@ def encode_images(vq: VQVAE, images: np.ndarray | torch.Tensor, device: torch.de
 
 
 @torch.no_grad()
-def decode_codes(vq: VQVAE, codes: torch.Tensor) -> torch.Tensor:
+def decode_codes(vq: VisualTokenizer, codes: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, C, H, W) of (N, h, w) codes."""
     device = next(vq.parameters()).device
     return to_uint8(vq.decode(codes.to(device))).cpu()
 
 
-def image_documents(vq: VQVAE, data: ImageShards, layout: VisualVocab, caption_ids: Sequence[Sequence[int]],
+def image_documents(vq: VisualTokenizer, data: ImageShards, layout: VisualVocab, caption_ids: Sequence[Sequence[int]],
                     bos_id: int, device: torch.device | str = "cpu") -> Iterator[tuple[str, np.ndarray]]:
     """(split, document) for every image of `data`, split by split, in the data's order."""
     for split in ("train", "val"):
@@ -115,9 +129,19 @@ def recorded_layout(saved_data: dict[str, Any], vocab: int) -> VisualVocab | Non
                         "from data prepared by this version") from None
 
 
-def load_visual_tokenizer(layout: VisualVocab, device: str = "cpu", path: str | Path | None = None) -> VQVAE:
-    """The VQ-VAE that `layout` records (or the checkpoint at `path`, which must be the same file: its sha256
-    is checked), in eval mode, checked against the layout's codebook, grid and image shape."""
+def check_visual_tokenizer(model: Any, name: str) -> VisualTokenizer:
+    """`model` if it encodes images into codes and decodes them (a VQ-VAE), else a one-line error."""
+    if not isinstance(model, VisualTokenizer):
+        raise UserError(f"{name} is not a visual tokenizer: its model does not encode images into codes and decode "
+                        "them (train one with a vqvae-* preset)")
+    return model
+
+
+def recorded_visual_tokenizer(layout: VisualVocab, open_checkpoint: Callable[[Path], Any],
+                              path: str | Path | None = None) -> VisualTokenizer:
+    """The visual tokenizer `layout` records (or the checkpoint at `path`, which must be the same file: its sha256
+    is checked), opened by `open_checkpoint(path)` (a trained run), in eval mode, checked against the layout's
+    codebook, grid and image shape."""
     recorded = layout.encoder
     path = Path(path or recorded.get("checkpoint", ""))
     if not path.is_file():
@@ -127,18 +151,13 @@ def load_visual_tokenizer(layout: VisualVocab, device: str = "cpu", path: str | 
     if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
         raise UserError(f"{path} is not the VQ-VAE checkpoint the data was encoded with (its sha256 differs): the "
                         "codes would decode to other images; pass the recorded one")
-    saved = load_weights(path, device)
-    if saved.task != VQVAETask.kind:
-        raise UserError(f"{path} is not a VQ-VAE checkpoint (its kind is {saved.task or 'lm'!r})")
-    task = VQVAETask(from_dict(VQVAETask.config_class, saved.model_config))
-    vq = task.build_model()
-    vq.load_state_dict(saved.weights)
+    vq = check_visual_tokenizer(open_checkpoint(path).model, str(path))
     cfg = vq.cfg
     if (cfg.codebook_size, (cfg.grid, cfg.grid), (cfg.channels, cfg.image_size, cfg.image_size)) != \
             (layout.codebook_size, tuple(layout.grid), tuple(layout.image_shape)):
         raise UserError(f"the VQ-VAE at {path} ({cfg.codebook_size} codes, {cfg.grid}x{cfg.grid} grid) does not "
                         f"match the data's layout ({layout.codebook_size} codes, {layout.grid[0]}x{layout.grid[1]})")
-    return vq.to(device).eval()
+    return vq
 
 
 def code_mask(layout: VisualVocab, vocab: int, device: torch.device | str = "cpu") -> AllowedTokens:
@@ -166,18 +185,6 @@ def generate_codes(engine: Generator, layout: VisualVocab, prompts: Sequence[Seq
                                                                                              engine.device))):
         tokens[:, step] = out.tokens.cpu()
     return tokens_to_codes(tokens[:, :n], layout)
-
-
-def score_images(images: torch.Tensor, labels: torch.Tensor, data: ImageShards, device: torch.device) -> dict[str, Any]:
-    """What the flow-matching model's judge (`blueberry.models.dit.task.Scorer`: a classifier trained on
-    `data`, cached) makes of uint8 images meant to show `labels`: the share it recognises as their class, and
-    the FID of its features against those of `data`'s training images; and the judge's own record."""
-    from blueberry.models.dit.task import Scorer
-
-    scorer = Scorer(data, device, "classifier")
-    stats, correct = scorer.score(images, labels)
-    return {"class_accuracy": correct.item() / len(labels), "fid": scorer.fid(stats),
-            "judge_trained_on": scorer.record["trained_on"], "judge_val_accuracy": scorer.record["val_accuracy"]}
 
 
 def render(ids: Sequence[int], layout: VisualVocab, decode: Callable[[list[int]], str]) -> str:

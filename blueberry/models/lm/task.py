@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -12,8 +13,9 @@ import torch.nn as nn
 from blueberry.core.config import TrainConfig
 from blueberry.core.hardware import autocast
 from blueberry.core.parallel import DataParallel
-from blueberry.core.task import Loss, Task
+from blueberry.core.task import Capabilities, Loss, Task
 from blueberry.data.tokens import TokenShards
+from blueberry.models.lm.capabilities import DownstreamEvaluation, DownstreamInTraining, HFExport, TextGeneration
 from blueberry.models.lm.config import PRESETS, ModelConfig
 from blueberry.models.lm.model import Blueberry, count_params, flops_per_token
 
@@ -29,6 +31,8 @@ class LMTask(Task[ModelConfig]):
     config_class = ModelConfig
     presets = PRESETS
     eval_metrics = {"loss": "min", "accuracy": "max", "perplexity": "min"}
+    capabilities = Capabilities(generate=TextGeneration, evaluate=DownstreamEvaluation, downstream=DownstreamInTraining,
+                                export=HFExport)
 
     def build_model(self) -> Blueberry:
         return Blueberry(self.config)
@@ -70,6 +74,17 @@ class LMTask(Task[ModelConfig]):
     def flops_per_unit(self) -> float:
         return flops_per_token(self.config)
 
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        return list(model.blocks)
+
+    def hidden_matrices(self, model: nn.Module) -> list[nn.Parameter]:
+        """Every 2-D weight of the blocks except an MoE router's (a tiny classifier head, left to AdamW)."""
+        return [p for block in self.blocks(model) for name, p in block.named_parameters()
+                if p.ndim == 2 and ".router." not in f".{name}"]
+
+    def reference_loss(self, data: TokenShards) -> tuple[float, str]:
+        return data.unigram_entropy(), "unigram entropy of the training data"
+
     def param_counts(self) -> dict[str, int]:
         counts = count_params(self.config)
         return {"total": counts.total, "non_embedding": counts.non_embedding, "active": counts.active}
@@ -86,6 +101,6 @@ class LMTask(Task[ModelConfig]):
         data.check_fits(self.config)
 
     def describe_data(self, data: TokenShards) -> dict[str, Any]:
-        """The tokenizer: its name is what `pipelines.tokenizer.load_tokenizer` loads (builtin, a local
+        """The tokenizer: its name is what `blueberry.data.tokenizer.load_tokenizer` loads (builtin, a local
         file or directory, or a hub name), its sha256 tells whether what loads is the same one."""
         return {"tokenizer": asdict(data.manifest.tokenizer)}

@@ -33,16 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from blueberry.models.vqvae.config import VQVAEConfig
-
-
-def to_model_units(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels to [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] to uint8 pixels, clamped and rounded."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+from blueberry.vision.pixels import to_model_units, to_uint8  # noqa: F401  (the model's units)
 
 
 class Quantized(NamedTuple):

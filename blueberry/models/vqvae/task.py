@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from blueberry.core.config import TrainConfig
 from blueberry.core.hardware import autocast
 from blueberry.core.parallel import DataParallel
-from blueberry.core.task import Loss, Task
+from blueberry.core.task import Capabilities, Loss, Task
 from blueberry.data.images import ImageBatch, ImageShards, require_images
 from blueberry.errors import DataError
+from blueberry.models.vqvae.capabilities import Reconstructions
 from blueberry.models.vqvae.config import PRESETS, TRAIN_PRESETS, VQVAEConfig
 from blueberry.models.vqvae.model import VQVAE, count_params, flops_per_image, to_model_units
 
@@ -43,6 +44,7 @@ class VQVAETask(Task[VQVAEConfig]):
     train_presets = TRAIN_PRESETS
     data_format = "images"
     eval_metrics = {"loss": "min", "mse": "min", "psnr": "max", "perplexity": "max", "codes_used": "max"}
+    capabilities = Capabilities(generate=Reconstructions)
 
     def build_model(self) -> VQVAE:
         return VQVAE(self.config)

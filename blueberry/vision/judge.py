@@ -13,18 +13,18 @@ it loads with `weights_only=True`.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from blueberry.data.cache import cache_dir
 from blueberry.data.images import ImageShards
 from blueberry.files import ExclusiveLock, LockHeld, atomic_file
+from blueberry.vision.pixels import to_model_units
 
 JUDGE_VERSION = 1
 FEATURES = 128
@@ -59,24 +59,15 @@ class Judge(nn.Module):
         return self.head(self.features(x))
 
 
-def cache_root() -> Path:
-    """$BLUEBERRY_CACHE or ~/.cache/blueberry: the place `pipelines.cache.cache_dir` names."""
-    return Path(os.environ.get("BLUEBERRY_CACHE") or Path.home() / ".cache" / "blueberry")
-
-
 def judge_path(data: ImageShards) -> Path:
-    return cache_root() / "judges" / f"{data.manifest.preparation_key[:24]}-v{JUDGE_VERSION}.pt"
-
-
-def _units(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(images).float() / 127.5 - 1.0
+    return cache_dir() / "judges" / f"{data.manifest.preparation_key[:24]}-v{JUDGE_VERSION}.pt"
 
 
 def train_judge(data: ImageShards, device: torch.device) -> tuple[Judge, float]:
     """A judge trained on `data`'s training images, and its accuracy on the held-out images."""
     manifest = data.manifest
     images, labels = data.split_arrays("train")
-    x, y = _units(images).to(device), torch.as_tensor(labels).to(device)
+    x, y = to_model_units(images).to(device), torch.as_tensor(labels).to(device)
     steps = min(MAX_STEPS, math.ceil(EPOCHS * len(x) / BATCH))
     shift = max(1, manifest.image_size // 16)  # random translations of up to this many pixels
     # Its own RNG stream (the run's is restored afterwards) and gradients even inside an evaluation.
@@ -101,7 +92,7 @@ def train_judge(data: ImageShards, device: torch.device) -> tuple[Judge, float]:
     accuracy = float("nan")
     if len(val_images):
         with torch.no_grad():
-            predicted = torch.cat([judge(_units(val_images[i:i + 512]).to(device)).argmax(1).cpu()
+            predicted = torch.cat([judge(to_model_units(val_images[i:i + 512]).to(device)).argmax(1).cpu()
                                    for i in range(0, len(val_images), 512)])
         accuracy = float((predicted == torch.as_tensor(val_labels)).double().mean())
     return judge, accuracy

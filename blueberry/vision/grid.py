@@ -1,21 +1,17 @@
-"""Sample grids: images drawn as a picture one reads at a glance, one row per class, each row labelled with
-its class name, small images enlarged with nearest-neighbour (an 8x8 digit stays sharp at 64x64); and the
-hook that hands one to the tracker at every evaluation (`samples/step-00000500.png`, an MLflow artifact for
-`blueberry-train`), drawn by the EMA weights from the same noise each time, so grids compare step to step.
-"""
+"""Sample grids: images drawn as a picture one reads at a glance, one row per class (or prompt), each row
+labelled, small images enlarged with nearest-neighbour (an 8x8 digit stays sharp at 64x64)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from blueberry.core.events import EvalInfo
-from blueberry.core.hooks import Hook
-from blueberry.core.state import TrainState
-from blueberry.models.dit.sample import generate
+from blueberry.errors import UserError
+from blueberry.files import atomic_file
 
 PAD = 8  # pixels between images: enough that cells with black backgrounds read as separate images
 BACKGROUND = 255
@@ -63,30 +59,30 @@ def grid_image(images: torch.Tensor | np.ndarray, rows: Sequence[str], title: st
     return np.asarray(canvas)
 
 
-def save_png(picture: np.ndarray, path: str) -> None:
+def save_png(picture: np.ndarray, path: Any) -> None:
+    """Write an (H, W, 3) uint8 picture as a PNG to a path or a binary file."""
     from PIL import Image
 
-    Image.fromarray(picture).save(path)
+    Image.fromarray(picture).save(path, format="PNG")
 
 
-class GridLogger(Hook):
-    """At each evaluation: a grid of `per_class` samples of every class from the EMA weights (fixed noise,
-    `steps` Euler steps, guidance `cfg_scale`), handed to `log_image(picture, artifact_file)`."""
+def check_out(out: Path | None, what: str) -> Path:
+    """`out`, a PNG to be written, checked before any work: given, and in a directory that exists."""
+    if out is None:
+        raise UserError(f"{what} writes a picture: pass --out FILE.png")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory: pass a file name ending in .png")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: directory {out.parent} does not exist")
+    return out
 
-    def __init__(self, log_image: Callable[[np.ndarray, str], Any], classes: Sequence[str], per_class: int = 8,
-                 steps: int = 50, cfg_scale: float = 2.0, seed: int = 0) -> None:
-        self.log_image, self.classes, self.per_class = log_image, list(classes), per_class
-        self.steps, self.cfg_scale, self.seed = steps, cfg_scale, seed
 
-    def picture(self, model: Any, title: str | None = None) -> np.ndarray:
-        ema = model.ema_model()
-        cfg = ema.cfg
-        labels = torch.arange(len(self.classes)).repeat_interleave(self.per_class)
-        noise = torch.randn((len(labels), cfg.channels, cfg.image_size, cfg.image_size),
-                            generator=torch.Generator().manual_seed(self.seed))
-        images = generate(ema, labels, noise, self.steps, self.cfg_scale, "euler")
-        return grid_image(images, self.classes, title)
+def write_grid(images: torch.Tensor | np.ndarray, rows: Sequence[str], title: str, out: Path) -> None:
+    """`grid_image` written to `out` as a PNG, whole or not at all (a one-line error when it cannot be)."""
+    picture = grid_image(images, rows, title)
+    try:
+        with atomic_file(out) as f:
+            save_png(picture, f)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot write --out {out}: {str(err).splitlines()[0]}") from None
 
-    def on_eval(self, info: EvalInfo, state: TrainState) -> None:
-        title = f"step {info.step}, {info.tokens:,} {state.task.unit}, Euler {self.steps}, cfg {self.cfg_scale:g}"
-        self.log_image(self.picture(state.model, title), f"samples/step-{info.step:08d}.png")

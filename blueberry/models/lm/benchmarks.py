@@ -1,5 +1,6 @@
-"""What `blueberry-eval` scores a model on: the benchmark files people have on disk, and two built-in
-tasks that need no download (docs/evaluation.md has the formats and commands).
+"""The downstream tasks a language model is scored on (by `blueberry-eval`, and during training with
+`--eval-tasks`): the benchmark files people have on disk, and two built-in tasks that need no download
+(docs/evaluation.md has the formats and commands).
 
 `--tasks` is a comma-separated list; a benchmark names its file, `NAME=PATH[@SPLIT]`:
 - `hellaswag`: rowanz/hellaswag's `hellaswag_val.jsonl`, or the `Rowan/hellaswag` layout;
@@ -14,7 +15,7 @@ files alone; `@SPLIT` picks the split (default: lm-eval's, `validation` for Hell
 `test` for ARC).
 
 `cloze` and `bpb` read the data `--data` names (default: the built-in corpus, prepared at the model's
-`seq_len`). `cloze` is built only from the documents of its validation split, which training never
+`seq_len`), which the caller opens (`load_tasks` takes a function that opens it, called only when needed). `cloze` is built only from the documents of its validation split, which training never
 reads: each question is a document's opening (at least 16 words), the true next 8 words, and 8-word
 passages of three other validation documents, in an order and at positions drawn with a fixed seed.
 """
@@ -31,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from blueberry.data.tokenizer import prepared_tokenizer
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import UserError
-from blueberry.platform.data import open_data, prepared_tokenizer
 
 CLOZE_WORDS = 8  # words per choice
 CLOZE_MIN_CONTEXT = 16  # words of the document before the first question in it
@@ -318,23 +319,22 @@ def cloze_questions(texts: Sequence[str], questions: int = CLOZE_QUESTIONS, word
     return out
 
 
-def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, seq_len: int, data: str | TokenShards = "builtin",
-               questions: int = CLOZE_QUESTIONS) -> dict[str, list[MultipleChoice] | TokenShards]:
-    """Every task `specs` names, ready for `blueberry.models.lm.eval.evaluate_tasks`; `data` (a prepared
-    directory or `builtin`, opened at `seq_len`, or shards already open) is read only when `cloze` or
-    `bpb` is asked for."""
+def load_tasks(specs: Sequence[TaskSpec], tokenizer: Any, open_data: Callable[[], TokenShards],
+               data_name: str = "the data", questions: int = CLOZE_QUESTIONS,
+               ) -> dict[str, list[MultipleChoice] | TokenShards]:
+    """Every task `specs` names, ready for `blueberry.models.lm.eval.evaluate_tasks`; `open_data()` (the
+    prepared token data, `data_name` in messages) is called only when `cloze` or `bpb` is asked for."""
     tasks: dict[str, list[MultipleChoice] | TokenShards] = {}
-    shards: TokenShards | None = data if isinstance(data, TokenShards) else None
+    shards: TokenShards | None = None
     for spec in specs:
         if spec.name in FILE_TASKS:
             tasks[spec.name] = read_questions(spec)
             continue
-        shards = shards or open_data(data, seq_len, progress=False)
+        shards = shards or open_data()
         if spec.name == "bpb":
             recorded = shards.manifest.tokenizer
             if recorded.sha256 != tokenizer.sha256:
-                where = f"--data {data}" if isinstance(data, str) else "the data"
-                raise UserError(f"bpb: {where} was tokenized with {recorded.name!r}, not the run's tokenizer "
+                raise UserError(f"bpb: {data_name} was tokenized with {recorded.name!r}, not the run's tokenizer "
                                 f"{tokenizer.name!r}: the model can only score its own tokens; pass --data prepared "
                                 f"with --tokenizer {tokenizer.name}")
             tasks["bpb"] = shards

@@ -9,7 +9,7 @@ general `scipy.linalg.sqrtm` route has (tests/test_dit.py checks both agree).
 `FeatureStats` keeps sums (count, sum of features, sum of outer products) in float64, which add up across
 batches and data-parallel ranks exactly; mean and covariance (unbiased, as `numpy.cov`) come from them.
 
-Features come from a classifier trained on the same data (`blueberry.models.dit.judge`) or from InceptionV3
+Features come from a classifier trained on the same data (`blueberry.vision.judge`) or from InceptionV3
 (`InceptionFeatures`): the TorchScript translation of TensorFlow's 2015-12-05 Inception that StyleGAN2-ADA,
 clean-fid and others use (`inception-2015-12-05.pt`), when its file is on this machine.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blueberry.data.cache import cache_dir
 from blueberry.errors import DataError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -76,11 +77,11 @@ class FeatureStats:
 
 def inception_path() -> Path:
     """Where InceptionV3's TorchScript file is looked for: $BLUEBERRY_INCEPTION, else the Blueberry cache
-    ($BLUEBERRY_CACHE or ~/.cache/blueberry, as `pipelines.cache`)."""
+    (`blueberry.data.cache.cache_dir`)."""
     explicit = os.environ.get(INCEPTION_ENV)
     if explicit:
         return Path(explicit)
-    return Path(os.environ.get("BLUEBERRY_CACHE") or Path.home() / ".cache" / "blueberry") / INCEPTION_FILE
+    return cache_dir() / INCEPTION_FILE
 
 
 def check_inception() -> Path:

@@ -1,5 +1,9 @@
 """Tokenizers behind one small interface: the built-in BPE, a local file or directory, or a hub name.
 
+This is how everything above the data layer reaches a tokenizer: the pipelines encode with it, a
+trained run decodes with the one its checkpoint records (`prepared_tokenizer` checks that what loads
+under a recorded name is still the same tokenizer, by the sha256 of its definition).
+
 Everything downstream needs the same five things from a tokenizer, so `Tokenizer` wraps the Rust
 `tokenizers.Tokenizer` (fast batched encoding) with its name, EOS id, vocabulary size and a hash of
 its definition. Hub names load through `transformers.AutoTokenizer`: from the local Hugging Face
@@ -17,15 +21,16 @@ import urllib.parse
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from blueberry.data.cache import cache_dir
+from blueberry.data.corpus import builtin_corpus_hash, iter_builtin_documents
 from blueberry.data.format import TokenizerInfo
 from blueberry.errors import UserError
 from blueberry.files import write_atomic
-from pipelines.builtin import builtin_corpus_hash, iter_builtin_documents
-from pipelines.cache import cache_dir
 
 BUILTIN = "builtin"
 BUILTIN_VOCAB_SIZE = 8192  # the small model presets use the same number (blueberry.models.lm.config)
@@ -158,3 +163,17 @@ def load_tokenizer(spec: str) -> Tokenizer:
             raise UserError(f"tokenizer file {path} has no {EOS_TOKEN} token to separate documents")
         return Tokenizer(name=str(path), backend=backend, eos_id=eos_id)
     return _from_transformers(spec)
+
+
+def prepared_tokenizer(data: Any, candidate: Tokenizer | None = None) -> Tokenizer:
+    """The tokenizer token shards `data` were prepared with: `candidate` when it is that one (by the sha256 of
+    its definition), else loaded by the name the manifest records and checked the same way (a tokenizer.json
+    replaced since would decode and score wrongly, without a sign)."""
+    recorded = data.manifest.tokenizer
+    if candidate is not None and candidate.sha256 == recorded.sha256:
+        return candidate
+    loaded = load_tokenizer(recorded.name)
+    if loaded.sha256 != recorded.sha256:
+        raise UserError(f"tokenizer {recorded.name} has changed since the data was prepared (sha256 "
+                        f"{loaded.sha256[:12]}, the manifest records {recorded.sha256[:12]}): prepare the data again")
+    return loaded

@@ -22,31 +22,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import tokenizers
-import torch
 from safetensors.torch import save_file
 
+from blueberry.core.capabilities import ExportedModel, OpenedRun
 from blueberry.errors import UserError
 from blueberry.files import fsync_directory, read_json_object
-from blueberry.platform.inference import TrainedRun
 
 EXPORT_MARKERS = ("config.json", "model.safetensors")  # what makes a directory a previous export
 WEIGHTS_FILE = "model.safetensors"
 CARD_TAG = "tags: [blueberry]"  # in the model card's front matter: what marks a directory as our export
-
-
-class HFModel(Protocol):
-    """A model as transformers reads it (`blueberry.models.lm.export.HFCheckpoint` is one)."""
-
-    format: str
-    config: dict[str, Any]
-    generation_config: dict[str, Any]
-    weights: dict[str, torch.Tensor]
-    requires: str | None
-    description: str
-    max_length: int
 
 
 def is_previous_export(out: Path) -> bool:
@@ -81,7 +68,7 @@ def check_destination(out: Path, force: bool = False, protect: Path | None = Non
         raise UserError(f"--out {out} is under {ancestor}, which is a file: choose another directory")
 
 
-def export_run(run: TrainedRun, model: HFModel, out: Path, force: bool = False) -> Path:
+def export_run(run: OpenedRun, model: ExportedModel, out: Path, force: bool = False) -> Path:
     """Write `model` (the run's converted model) with the run's tokenizer and a model card to `out`."""
     out = Path(out)
     check_destination(out, force, protect=run.checkpoint)
@@ -102,7 +89,7 @@ def export_run(run: TrainedRun, model: HFModel, out: Path, force: bool = False) 
     return out
 
 
-def _write_files(directory: Path, run: TrainedRun, model: HFModel, out: Path) -> None:
+def _write_files(directory: Path, run: OpenedRun, model: ExportedModel, out: Path) -> None:
     tokenizer_json, tokenizer_config, note = hf_tokenizer(run.tokenizer, model.max_length)
     save_file(model.weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     texts = {
@@ -135,7 +122,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 def hf_tokenizer(tokenizer: Any, max_length: int) -> tuple[str, dict[str, Any], str]:
     """`tokenizer.json`, `tokenizer_config.json` and a note for the model card, for a Blueberry
-    tokenizer (`pipelines.tokenizer.Tokenizer`: `.backend`, `.eos_id`, `.name`).
+    tokenizer (`blueberry.data.tokenizer.Tokenizer`: `.backend`, `.eos_id`, `.name`).
 
     Blueberry encodes training text without special tokens (`add_special_tokens=False`); a
     tokenizer whose post-processor adds some (a BOS, say) would give `tokenizer(text)` ids the
@@ -154,7 +141,7 @@ def hf_tokenizer(tokenizer: Any, max_length: int) -> tuple[str, dict[str, Any], 
     return backend.to_str(pretty=True), config, note
 
 
-def model_card(run: TrainedRun, model: HFModel, out: Path, tokenizer_note: str = "") -> str:
+def model_card(run: OpenedRun, model: ExportedModel, out: Path, tokenizer_note: str = "") -> str:
     """README.md: what the directory holds, how to load it, and the run it came from."""
     saved, tokenizer = run.saved, run.tokenizer
     load = [

@@ -10,9 +10,9 @@ own command line on ARGS (`lm-eval run`'s flags). From Python, pass an instance 
 `lm_eval.simple_evaluate(model=BlueberryLM(LMScorer(model, tokenizer)), tasks=[...])`.
 
 The adapter is a `TemplateLM`: lm-eval turns (context, continuation) text into tokens its own way
-(`_encode_pair`) and this class scores the tokens with the scorer it is given, the same one
-`blueberry-eval` uses. The scorer comes from the command that registers the adapter
-(`blueberry.cli.eval`): the platform opens runs but names no model kind.
+(`_encode_pair`) and this class scores the tokens with the scorer the run's kind gives
+(`Evaluate.scorer`: for the language model, the one `blueberry-eval` uses); a kind that does not model
+text is refused in one line.
 
 `lm_eval` is imported here at the top, and this module only where the harness is used, so Blueberry
 works without lm-eval installed (`pip install 'blueberry-llm[eval]'` adds it).
@@ -20,9 +20,9 @@ works without lm-eval installed (`pip install 'blueberry-llm[eval]'` adds it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 from lm_eval import utils as lm_utils
@@ -30,7 +30,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from blueberry.errors import UserError
-from blueberry.platform.inference import TrainedRun, open_run
+from blueberry.evals.validation import evaluation_for
+from blueberry.inference.run import open_run
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_NEW_TOKENS = 256  # lm-eval's own default for `max_gen_toks`
@@ -54,9 +55,6 @@ class Scorer(Protocol):
 class BlueberryLM(TemplateLM):
     """A Blueberry language model behind lm-eval's `LM` interface."""
 
-    # How `--model_args` become a scorer: set by `use_scorer` (the command that runs the harness).
-    scorer_for: ClassVar[Callable[[TrainedRun, int], Scorer] | None] = None
-
     def __init__(self, scorer: Scorer) -> None:
         super().__init__()
         self.scorer = scorer
@@ -70,8 +68,6 @@ class BlueberryLM(TemplateLM):
         """`run=NAME[,runs_dir=DIR]` or `checkpoint=PATH`, with `device=` and `tokenizer=` as for
         `blueberry-eval`; lm-eval's `--batch_size` and `--device` arrive in `additional_config`."""
         args = {**arg_dict, **{k: v for k, v in (additional_config or {}).items() if v is not None}}
-        if cls.scorer_for is None:
-            raise UserError("the blueberry model has no scorer: run lm-eval through `blueberry-eval harness ...`")
         unknown = set(args) - {"run", "runs_dir", "checkpoint", "device", "tokenizer", "batch_size", "max_batch_size"}
         if unknown:
             raise UserError(f"unknown --model_args for blueberry: {', '.join(sorted(unknown))} (it takes run, "
@@ -87,7 +83,11 @@ class BlueberryLM(TemplateLM):
                        runs_dir=Path(str(args.get("runs_dir", "runs"))),
                        checkpoint=Path(str(args["checkpoint"])) if args.get("checkpoint") else None,
                        device=device, tokenizer=args.get("tokenizer"))
-        return cls(cls.scorer_for(run, batch_size))
+        scorer = evaluation_for(run.task).scorer(run, batch_size)
+        if scorer is None:
+            raise UserError(f"{run.name} is a {run.task.kind!r} model, which does not score text: lm-evaluation-harness "
+                            "evaluates language models")
+        return cls(scorer)
 
     @property
     def eot_token_id(self) -> int:
@@ -129,11 +129,6 @@ class BlueberryLM(TemplateLM):
             out.append(self.scorer.generate_until(context, until, int(kwargs.get("max_gen_toks",
                                                                                  DEFAULT_MAX_NEW_TOKENS))))
         return out
-
-
-def use_scorer(scorer_for: Callable[[TrainedRun, int], Scorer]) -> None:
-    """Let `--model blueberry` score runs with `scorer_for(run, batch_size)`."""
-    BlueberryLM.scorer_for = scorer_for
 
 
 def run_harness(argv: Sequence[str]) -> None:

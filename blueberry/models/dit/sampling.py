@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 
+from blueberry.vision.pixels import to_uint8
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]  # v(x, t) with t a scalar in [0, 1]
 
 
@@ -53,16 +55,6 @@ def guided_velocity(model: torch.nn.Module, labels: torch.Tensor, scale: float, 
         return unconditional + scale * (conditional - unconditional)
 
     return velocity
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model units ([-1, 1]) to uint8 pixels, clamped."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def to_model_units(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels to the model's [-1, 1]."""
-    return images.float() / 127.5 - 1.0
 
 
 @torch.no_grad()
