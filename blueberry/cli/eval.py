@@ -59,11 +59,14 @@ def build_parser(options: type | None = None, title: str | None = None, with_hel
 
 def main_body(argv: Sequence[str] | None) -> int:
     from blueberry.cli.runs import open_from_flags, parse_with_kind, services
-    from blueberry.evals.validation import evaluation_for
+
+    def evaluation(run):  # imported once a run is named: --help imports no model kind, nor torch
+        from blueberry.evals.validation import evaluation_for
+
+        return evaluation_for(run.task)
 
     args, run, evaluate, options = parse_with_kind(list(argv or []), build_parser,
-                                                   lambda first: open_from_flags(first, first.device),
-                                                   lambda run: evaluation_for(run.task))
+                                                   lambda first: open_from_flags(first, first.device), evaluation)
     check_json_destination(args.json)
     result = evaluate(run, options, services(args.device))
     print(f"{run.name} ({run.checkpoint})")

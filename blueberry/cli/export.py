@@ -38,15 +38,18 @@ def build_parser(options: type | None = None, title: str | None = None, with_hel
 
 def main_body(argv: Sequence[str] | None) -> None:
     from blueberry.cli.runs import open_from_flags, parse_with_kind, required
-    from blueberry.export.directory import check_destination, export_run
-    from blueberry.inference.run import checkpoint_of
 
     def open_checked(first):  # a bad --out or a missing run answers before the checkpoint is read
+        from blueberry.export.directory import check_destination
+        from blueberry.inference.run import checkpoint_of
+
         check_destination(first.out, first.force, protect=checkpoint_of(first.run, first.runs_dir,
                                                                          first.checkpoint)[1])
         return open_from_flags(first)
 
     args, run, export, options = parse_with_kind(list(argv or []), build_parser, open_checked, required("export"))
+    from blueberry.export.directory import export_run
+
     model = export(run, options)
     out = export_run(run, model, args.out, force=args.force)
     print(f"exported {run.name} (step {run.saved.step:,}, {run.saved.tokens:,} tokens) to {out} as {model.format} "

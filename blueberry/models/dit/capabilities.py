@@ -25,7 +25,7 @@ MAX_STEPS = 1000  # ODE steps: past a few hundred, Euler and Heun change nothing
 class GridOptions:
     classes: tuple[str, ...] = option((), "a class to draw, by name or index (repeatable; default: every class)",
                                       flag="class", metavar="C")
-    num_samples: int = option(8, "images per class", minimum=1, maximum=MAX_IMAGES)
+    num_samples: int = option(1, "images per class", minimum=1, maximum=MAX_IMAGES)
     steps: int = option(50, "ODE steps from noise to image", minimum=1, maximum=MAX_STEPS)
     cfg_scale: float = option(2.0, "classifier-free guidance (1: the conditional model alone, 0: unconditional)",
                               minimum=0)

@@ -24,7 +24,7 @@ MAX_PER_CLASS = 1024
 
 @dataclass(frozen=True)
 class ReconstructionOptions:
-    num_samples: int = option(4, "held-out images of each class", minimum=1, maximum=MAX_PER_CLASS)
+    num_samples: int = option(1, "held-out images of each class", minimum=1, maximum=MAX_PER_CLASS)
     out: Path | None = option(None, "the PNG to write (required): a row per class, images then reconstructions")
     data: str = option("builtin", "the images the run trained on (their held-out split is drawn)")
     score: bool = option(False, "also reconstruct every held-out image: the run's evaluation (PSNR, codes used) "
