@@ -120,18 +120,18 @@ class ImageManifest(ManifestFile):
 
     @classmethod
     def from_fields(cls, raw: Fields) -> ImageManifest:
-        shape = raw.list("shape")
+        shape = raw.array("shape")
         if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
             raise raw.corrupt(f"shape is {json.dumps(shape)[:60]}, not [channels, height, width] of positive integers")
         if shape[1] != shape[2]:
             raise raw.corrupt(f"shape {shape} is not square")
-        classes = raw.list("classes")
+        classes = raw.array("classes")
         if not classes or len(classes) > MAX_CLASSES or not all(isinstance(c, str) for c in classes):
             raise raw.corrupt(f"classes must be a list of 1 to {MAX_CLASSES} names")
         splits = {}
         for name, split in raw.members("splits").items():
             files = tuple(_shard(f, len(classes)) for f in split.objects("files"))
-            counts = split.list("class_counts")
+            counts = split.array("class_counts")
             if len(counts) != len(classes) or not all(isinstance(c, int) and c >= 0 for c in counts):
                 raise raw.corrupt(f"splits.{name}.class_counts must hold one count per class ({len(classes)})")
             if sum(counts) != sum(f.images for f in files):

@@ -86,7 +86,7 @@ class Fields:
         """A count that older manifests lack (absent or null: None)."""
         return None if self.raw.get(key) is None else self.count(key)
 
-    def list(self, key: str) -> list[Any]:
+    def array(self, key: str) -> list[Any]:
         return self.value(key, list)
 
     def object(self, key: str) -> Fields:
@@ -94,7 +94,7 @@ class Fields:
 
     def objects(self, key: str) -> list[Fields]:
         """A list of objects (a split's shard files)."""
-        return [Fields(item, self.where, f"{self.name(key)}[{i}]") for i, item in enumerate(self.list(key))]
+        return [Fields(item, self.where, f"{self.name(key)}[{i}]") for i, item in enumerate(self.array(key))]
 
     def members(self, key: str) -> dict[str, Fields]:
         """An object of objects (the splits), by name."""
