@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 
 from blueberry.cli import data as data_cli
+from blueberry.cli import train as train_cli
 from blueberry.data.format import MANIFEST_NAME, read_manifest
 from blueberry.data.tokenizer import load_tokenizer
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError
 from blueberry.files import ExclusiveLock, LockHeld, read_json_object
-from pipelines.prepare import LOCK, PARTIAL_STATE, PrepareConfig, preparation_key, prepare
+from pipelines.prepare import PrepareConfig, preparation_key, prepare
+from pipelines.preparation import LOCK, PARTIAL_STATE
 from pipelines.sources import open_source
 
 BLUEBERRY_DATA = str(Path(sys.executable).with_name("blueberry-data"))  # the installed console script
@@ -97,6 +99,22 @@ def test_shard_names_must_stay_inside_the_dataset(copy, how, capsys):
         with pytest.raises(DataError, match=refused):
             TokenShards.open(copy, verify=verify)
     assert_one_line_error(data_cli.main(["verify", str(copy)]), capsys.readouterr().err, "is not a file inside")
+
+
+def test_a_nul_byte_in_a_shard_name_is_one_line(copy, tmp_path, capsys, monkeypatch):
+    """Issue #28's probe: a NUL byte in a shard name (no path may hold one) ended `blueberry-data verify` and
+    `info` and `blueberry-train --data` in a traceback (`ValueError: embedded null byte`)."""
+    def nul(raw):
+        raw["splits"]["train"]["files"][0]["name"] = "train-00000.arrow\x00.txt"
+    edit_manifest(copy, nul)
+    refused = "shard name 'train-00000.arrow\\x00.txt' is not a file inside"
+    for command in ("verify", "info"):
+        assert_one_line_error(data_cli.main([command, str(copy)]), capsys.readouterr().err, refused)
+    monkeypatch.chdir(tmp_path)
+    assert train_cli.main(["--no-progress", "--no-track", "--seq-len", "32", "--data", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blueberry-train: error: corrupt manifest") and err.count("\n") == 1, err
+    assert refused in err and not (tmp_path / "runs").exists()
 
 
 # --- 2. one process prepares a directory at a time -----------------------------------------------

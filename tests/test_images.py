@@ -16,8 +16,9 @@ import pytest
 from blueberry.data.format import MANIFEST_NAME
 from blueberry.data.images import ImageShards, read_image_manifest
 from blueberry.errors import DataError, UserError
-from pipelines.images.prepare import PARTIAL_STATE, ImagePrepareConfig, prepare_images
+from pipelines.images.prepare import ImagePrepareConfig, prepare_images
 from pipelines.images.sources import read_idx
+from pipelines.preparation import PARTIAL_STATE
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -200,6 +201,7 @@ def edit_manifest(directory, change):
     (lambda m: m.__setitem__("shape", "6x6"), "shape is"),
     (lambda m: m["splits"]["train"]["files"][0].__setitem__("max_label", 3), "labels up to 3, beyond its 3 classes"),
     (lambda m: m["splits"]["train"]["files"][0].__setitem__("name", "../elsewhere.arrow"), "not a file inside"),
+    (lambda m: m["splits"]["train"]["files"][0].__setitem__("name", "train-00000.arrow\x00"), "not a file inside"),
     (lambda m: shrink_first_shard(m["splits"]["train"]), "holds 8 images, the manifest says 7"),
     (lambda m: m.__setitem__("kind", "tokens"), "describes tokens data, not images"),
     (lambda m: m.pop("splits"), "splits is missing"),

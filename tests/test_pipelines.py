@@ -21,7 +21,8 @@ from blueberry.data.tokenizer import EOS_TOKEN, load_tokenizer
 from blueberry.data.tokens import TokenShards
 from blueberry.errors import DataError, UserError
 from pipelines.bench import read_tokens_per_s
-from pipelines.prepare import LOCK, PARTIAL_STATE, PrepareConfig, prepare
+from pipelines.prepare import PrepareConfig, prepare
+from pipelines.preparation import LOCK, PARTIAL_STATE
 
 DOCS = [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 97}" for j in range(40 + i % 13)) for i in range(300)]
 

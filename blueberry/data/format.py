@@ -11,8 +11,8 @@ long; consecutive rows overlap by one token, so every token of the stream is a t
 A step of batch B therefore trains on B x seq_len tokens, the way the speedrun counts them.
 
 The manifest is written last, atomically, by the preparation pipeline: a directory without one is
-unfinished. Reading one checks its structure and types (`Manifest.from_json`): a manifest that is
-damaged or was edited by hand is a one-line `DataError`, never a traceback from deep inside a reader.
+unfinished. It is read by the reader every format shares (`blueberry.data.manifest`): a manifest that
+is damaged or was edited by hand is a one-line `DataError`, never a traceback from deep inside a reader.
 Each shard records its largest token id (`max_token`), so a manifest whose vocabulary is smaller than
 its data is refused before a single row is read. This module is the contract between `pipelines/`
 (which writes) and the readers in `blueberry.data.tokens`.
@@ -20,22 +20,21 @@ its data is refused before a single row is read. This module is the contract bet
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from blueberry.errors import DataError, UserError
-from blueberry.files import atomic_file, confined, write_atomic
+from blueberry.data.manifest import MANIFEST_NAME  # noqa: F401  (where the token format's readers look for it)
+from blueberry.data.manifest import Fields, ManifestFile, ManifestFormat, sha256_file
+from blueberry.errors import DataError
+from blueberry.files import atomic_file
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 TOKEN_COLUMN = "tokens"
-SPLITS = ("train", "val")
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
 
@@ -46,14 +45,6 @@ def token_dtype_for(vocab_size: int) -> str:
     if vocab_size <= np.iinfo(np.uint32).max + 1:
         return "uint32"
     raise DataError(f"vocab size {vocab_size} does not fit in uint32 token ids")
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -145,9 +136,26 @@ class SplitInfo:
     def tokens(self) -> int:
         return sum(f.tokens for f in self.files)
 
+    def totals(self) -> dict[str, int]:
+        return {"sequences": self.sequences, "tokens": self.tokens}
+
+
+def _shard(raw: Fields, seq_len: int, vocab_size: int) -> ShardInfo:
+    shard = ShardInfo(name=raw.text("name"), sequences=raw.count("sequences"), tokens=raw.count("tokens"),
+                      sha256=raw.text("sha256"), max_token=raw.optional_count("max_token"))
+    if shard.tokens != shard.sequences * seq_len:
+        raise raw.corrupt(f"shard {shard.name} has {shard.tokens} tokens, not sequences x seq_len "
+                          f"({shard.sequences} x {seq_len})")
+    if shard.max_token is not None and shard.max_token >= vocab_size:
+        raise raw.corrupt(f"shard {shard.name} holds token ids up to {shard.max_token}, beyond the "
+                          f"tokenizer's vocab_size {vocab_size}")
+    return shard
+
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(ManifestFile):
+    """A prepared token directory's manifest (`Manifest.read`, `Manifest.from_json`; `write`)."""
+
     tokenizer: TokenizerInfo
     seq_len: int
     dtype: str
@@ -157,130 +165,47 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
+    FORMAT = ManifestFormat(version=FORMAT_VERSION, version_name="format", kind=None, wrong_kind="",
+                            directory="a prepared data directory",
+                            absent="data directory {directory} does not exist: prepare it with `blueberry-data "
+                                   "prepare --source builtin --out {directory}` or pass --data builtin",
+                            unfinished="run `blueberry-data prepare` again with --out {directory}")
+
     @property
     def row_len(self) -> int:
         return self.seq_len + 1
 
-    def to_json(self) -> str:
-        raw = asdict(self)
+    @classmethod
+    def from_fields(cls, raw: Fields) -> Manifest:
+        tok = raw.object("tokenizer")
+        vocab_size = tok.count("vocab_size", minimum=1)
+        try:
+            visual = None if tok.raw.get("visual") is None else VisualVocab.from_dict(tok.raw["visual"], vocab_size)
+        except ValueError as err:
+            raise raw.corrupt(f"tokenizer.{err}") from None
+        tokenizer = TokenizerInfo(name=tok.text("name"), vocab_size=vocab_size, sha256=tok.text("sha256"),
+                                  eos_id=tok.count("eos_id"), visual=visual)
+        if tokenizer.eos_id >= tokenizer.vocab_size:
+            raise raw.corrupt(f"tokenizer eos_id {tokenizer.eos_id} is not below its vocab_size "
+                              f"{tokenizer.vocab_size}")
+        seq_len = raw.count("seq_len", minimum=1)
+        dtype = raw.text("dtype")
+        if dtype not in TOKEN_DTYPES:
+            raise raw.corrupt(f"unknown dtype {dtype!r} (expected {' or '.join(TOKEN_DTYPES)})")
+        splits = {name: SplitInfo(tuple(_shard(f, seq_len, vocab_size) for f in split.objects("files")))
+                  for name, split in raw.members("splits").items()}
+        return cls(tokenizer=tokenizer, seq_len=seq_len, dtype=dtype, splits=splits, **raw.provenance())
+
+    def as_json(self) -> dict[str, Any]:
+        raw = super().as_json()
         if self.tokenizer.visual is None:  # text data: the manifest as it was before multimodal data
             del raw["tokenizer"]["visual"]
-        for name, split in self.splits.items():
-            raw["splits"][name] = {"sequences": split.sequences, "tokens": split.tokens,
-                                   "files": [asdict(f) for f in split.files]}
-        return json.dumps(raw, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, where: str = "manifest") -> Manifest:
-        """Parse and validate a manifest; anything malformed is a one-line `DataError` naming what is wrong."""
-        try:
-            raw = json.loads(text)
-        except ValueError as err:
-            raise _corrupt(where, f"not JSON ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise _corrupt(where, f"a JSON {type(raw).__name__}, not an object")
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{where} has format version {raw.get('format_version')}, this Blueberry reads "
-                            f"version {FORMAT_VERSION}: prepare the data again with this version")
-        tok = _get(raw, "tokenizer", dict, where)
-        vocab_size = _count(tok, "vocab_size", where, "tokenizer", minimum=1)
-        try:
-            visual = None if tok.get("visual") is None else VisualVocab.from_dict(tok["visual"], vocab_size)
-        except ValueError as err:
-            raise _corrupt(where, f"tokenizer.{err}") from None
-        tokenizer = TokenizerInfo(name=_get(tok, "name", str, where, "tokenizer"), vocab_size=vocab_size,
-                                  sha256=_get(tok, "sha256", str, where, "tokenizer"),
-                                  eos_id=_count(tok, "eos_id", where, "tokenizer"), visual=visual)
-        if tokenizer.eos_id >= tokenizer.vocab_size:
-            raise _corrupt(where, f"tokenizer eos_id {tokenizer.eos_id} is not below its vocab_size "
-                                  f"{tokenizer.vocab_size}")
-        seq_len = _count(raw, "seq_len", where, minimum=1)
-        dtype = _get(raw, "dtype", str, where)
-        if dtype not in TOKEN_DTYPES:
-            raise _corrupt(where, f"unknown dtype {dtype!r} (expected {' or '.join(TOKEN_DTYPES)})")
-        splits = {}
-        for name, split in _get(raw, "splits", dict, where).items():
-            files = _get(_as(split, dict, where, f"splits.{name}"), "files", list, where, f"splits.{name}")
-            splits[name] = SplitInfo(tuple(_shard(f, where, f"splits.{name}.files[{i}]", seq_len, tokenizer.vocab_size)
-                                           for i, f in enumerate(files)))
-        return cls(tokenizer=tokenizer, seq_len=seq_len, dtype=dtype, splits=splits,
-                   source=_as(raw.get("source", ""), str, where, "source"),
-                   preparation_key=_as(raw.get("preparation_key", ""), str, where, "preparation_key"),
-                   extra=_as(raw.get("extra", {}), dict, where, "extra"))
-
-    def write(self, directory: Path) -> None:
-        """Write atomically: readers see the old manifest or the new one, never half of one."""
-        write_atomic(directory / MANIFEST_NAME, self.to_json())
+        return raw
 
 
-def _corrupt(where: str, what: str) -> DataError:
-    return DataError(f"corrupt manifest {where}: {what}; delete its directory and prepare it again")
-
-
-def _as(value: Any, kind: type, where: str, name: str) -> Any:
-    # bool is an int to Python but never a count or a name in a manifest
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _corrupt(where, f"{name} is {json.dumps(value)[:60]}, not {_KIND_NAMES[kind]}")
-    return value
-
-
-_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
-
-
-def _get(raw: dict[str, Any], key: str, kind: type, where: str, parent: str = "") -> Any:
-    name = f"{parent}.{key}" if parent else key
-    if key not in raw:
-        raise _corrupt(where, f"{name} is missing")
-    return _as(raw[key], kind, where, name)
-
-
-def _count(raw: dict[str, Any], key: str, where: str, parent: str = "", minimum: int = 0) -> int:
-    value = _get(raw, key, int, where, parent)
-    if value < minimum:
-        raise _corrupt(where, f"{parent + '.' if parent else ''}{key} is {value}, below {minimum}")
-    return value
-
-
-def _shard(raw: Any, where: str, name: str, seq_len: int, vocab_size: int) -> ShardInfo:
-    raw = _as(raw, dict, where, name)
-    shard = ShardInfo(name=_get(raw, "name", str, where, name), sequences=_count(raw, "sequences", where, name),
-                      tokens=_count(raw, "tokens", where, name), sha256=_get(raw, "sha256", str, where, name),
-                      max_token=None if raw.get("max_token") is None else _count(raw, "max_token", where, name))
-    if shard.tokens != shard.sequences * seq_len:
-        raise _corrupt(where, f"shard {shard.name} has {shard.tokens} tokens, not sequences x seq_len "
-                              f"({shard.sequences} x {seq_len})")
-    if shard.max_token is not None and shard.max_token >= vocab_size:
-        raise _corrupt(where, f"shard {shard.name} holds token ids up to {shard.max_token}, beyond the "
-                              f"tokenizer's vocab_size {vocab_size}")
-    return shard
-
-
-def read_manifest(directory: Path) -> Manifest:
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise DataError(f"{directory} is a file, not a prepared data directory")
-    if not directory.is_dir():
-        raise DataError(f"data directory {directory} does not exist: prepare it with "
-                        f"`blueberry-data prepare --source builtin --out {directory}` or pass --data builtin")
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(f"{directory} has no {MANIFEST_NAME}, so its preparation never finished: "
-                        f"run `blueberry-data prepare` again with --out {directory}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise _corrupt(str(path), f"unreadable ({err})") from None
-    return Manifest.from_json(text, where=str(path))
-
-
-def shard_path(directory: Path, shard: ShardInfo) -> Path:
-    """Where a manifest's shard lies: inside `directory`, or the manifest is corrupt (a name like
-    `../elsewhere.arrow` or an absolute path would train on files the preparation never wrote)."""
-    try:
-        return confined(directory, shard.name, "shard")
-    except UserError:
-        raise _corrupt(str(directory / MANIFEST_NAME), f"shard name {shard.name!r} is not a file inside "
-                                                       f"{directory}") from None
+def read_manifest(directory: str | Path) -> Manifest:
+    """The token manifest of a prepared directory, or a one-line `DataError` saying why there is none."""
+    return Manifest.read(directory)
 
 
 def write_shard(path: Path, rows: np.ndarray) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from blueberry.data.format import MANIFEST_NAME, SPLITS, sha256_file
+from blueberry.data.manifest import (SPLITS, Fields, ManifestFile, ManifestFormat, check_rows, open_shards,
+                                     sha256_file)
 from blueberry.data.tokens import RowStore
-from blueberry.errors import DataError, UserError
-from blueberry.files import atomic_file, confined, write_atomic
+from blueberry.errors import DataError
+from blueberry.files import atomic_file
 
 KIND = "images"
 IMAGE_FORMAT_VERSION = 1
@@ -58,9 +59,22 @@ class ImageSplit:
     def images(self) -> int:
         return sum(f.images for f in self.files)
 
+    def totals(self) -> dict[str, int]:
+        return {"images": self.images}
+
+
+def _shard(raw: Fields, num_classes: int) -> ImageShardInfo:
+    shard = ImageShardInfo(name=raw.text("name"), images=raw.count("images"), sha256=raw.text("sha256"),
+                           max_label=raw.integer("max_label"))
+    if shard.max_label >= num_classes:
+        raise raw.corrupt(f"shard {shard.name} holds labels up to {shard.max_label}, beyond its {num_classes} classes")
+    return shard
+
 
 @dataclass(frozen=True)
-class ImageManifest:
+class ImageManifest(ManifestFile):
+    """A prepared image directory's manifest (`ImageManifest.read`, `ImageManifest.from_json`; `write`)."""
+
     shape: tuple[int, int, int]  # (channels, height, width)
     classes: tuple[str, ...]
     splits: dict[str, ImageSplit]
@@ -68,6 +82,14 @@ class ImageManifest:
     preparation_key: str = ""  # hash of everything that determines the shards' contents
     format_version: int = IMAGE_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    FORMAT = ManifestFormat(version=IMAGE_FORMAT_VERSION, version_name="image format", kind=KIND,
+                            wrong_kind="pass a directory prepared from an image source (or `builtin` for the "
+                                       "built-in digits)",
+                            directory="a prepared image directory",
+                            absent="image data directory {directory} does not exist: pass builtin (the built-in "
+                                   "digits), local:DIR or hf:DATASET to prepare one, or a directory prepared before",
+                            unfinished="prepare it again")
 
     @property
     def channels(self) -> int:
@@ -96,94 +118,38 @@ class ImageManifest:
         return {"classes": list(self.classes), "shape": list(self.shape), "source": self.source,
                 "preparation_key": self.preparation_key}
 
-    def to_json(self) -> str:
-        raw = {"kind": KIND, **asdict(self)}
-        for name, split in self.splits.items():
-            raw["splits"][name] = {"images": split.images, "class_counts": list(split.class_counts),
-                                   "files": [asdict(f) for f in split.files]}
-        return json.dumps(raw, indent=2, sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str, where: str = "manifest") -> ImageManifest:
-        """Parse and validate; anything malformed is a one-line `DataError` naming what is wrong."""
-        try:
-            raw = json.loads(text)
-        except ValueError as err:
-            raise _corrupt(where, f"not JSON ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise _corrupt(where, f"a JSON {type(raw).__name__}, not an object")
-        if raw.get("kind") != KIND:
-            raise DataError(f"{where} describes {raw.get('kind') or 'token'} data, not images: pass a directory "
-                            "prepared from an image source (or `builtin` for the built-in digits)")
-        if raw.get("format_version") != IMAGE_FORMAT_VERSION:
-            raise DataError(f"{where} has image format version {raw.get('format_version')}, this Blueberry reads "
-                            f"version {IMAGE_FORMAT_VERSION}: prepare the data again with this version")
-        shape = _get(raw, "shape", list, where)
+    def from_fields(cls, raw: Fields) -> ImageManifest:
+        shape = raw.array("shape")
         if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-            raise _corrupt(where, f"shape is {json.dumps(shape)[:60]}, not [channels, height, width] of positive "
-                                  "integers")
+            raise raw.corrupt(f"shape is {json.dumps(shape)[:60]}, not [channels, height, width] of positive integers")
         if shape[1] != shape[2]:
-            raise _corrupt(where, f"shape {shape} is not square")
-        classes = _get(raw, "classes", list, where)
+            raise raw.corrupt(f"shape {shape} is not square")
+        classes = raw.array("classes")
         if not classes or len(classes) > MAX_CLASSES or not all(isinstance(c, str) for c in classes):
-            raise _corrupt(where, f"classes must be a list of 1 to {MAX_CLASSES} names")
+            raise raw.corrupt(f"classes must be a list of 1 to {MAX_CLASSES} names")
         splits = {}
-        for name, split in _get(raw, "splits", dict, where).items():
-            split = _as(split, dict, where, f"splits.{name}")
-            files = tuple(_shard(f, where, f"splits.{name}.files[{i}]", len(classes))
-                          for i, f in enumerate(_get(split, "files", list, where, f"splits.{name}")))
-            counts = _get(split, "class_counts", list, where, f"splits.{name}")
+        for name, split in raw.members("splits").items():
+            files = tuple(_shard(f, len(classes)) for f in split.objects("files"))
+            counts = split.array("class_counts")
             if len(counts) != len(classes) or not all(isinstance(c, int) and c >= 0 for c in counts):
-                raise _corrupt(where, f"splits.{name}.class_counts must hold one count per class "
-                                      f"({len(classes)})")
+                raise raw.corrupt(f"splits.{name}.class_counts must hold one count per class ({len(classes)})")
             if sum(counts) != sum(f.images for f in files):
-                raise _corrupt(where, f"splits.{name}.class_counts add up to {sum(counts)}, its shards hold "
-                                      f"{sum(f.images for f in files)} images")
+                raise raw.corrupt(f"splits.{name}.class_counts add up to {sum(counts)}, its shards hold "
+                                  f"{sum(f.images for f in files)} images")
             splits[name] = ImageSplit(files, tuple(counts))
         for name in SPLITS:
             if name not in splits:
-                raise _corrupt(where, f"splits.{name} is missing")
-        return cls(shape=tuple(shape), classes=tuple(classes), splits=splits,
-                   source=_as(raw.get("source", ""), str, where, "source"),
-                   preparation_key=_as(raw.get("preparation_key", ""), str, where, "preparation_key"),
-                   extra=_as(raw.get("extra", {}), dict, where, "extra"))
+                raise raw.corrupt(f"splits.{name} is missing")
+        return cls(shape=tuple(shape), classes=tuple(classes), splits=splits, **raw.provenance())
 
-    def write(self, directory: Path) -> None:
-        """Atomically: readers see the old manifest or the new one, never half of one."""
-        write_atomic(Path(directory) / MANIFEST_NAME, self.to_json())
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": KIND, **super().as_json()}
 
 
-def _corrupt(where: str, what: str) -> DataError:
-    return DataError(f"corrupt manifest {where}: {what}; delete its directory and prepare it again")
-
-
-_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
-
-
-def _as(value: Any, kind: type, where: str, name: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _corrupt(where, f"{name} is {json.dumps(value)[:60]}, not {_KIND_NAMES[kind]}")
-    return value
-
-
-def _get(raw: dict[str, Any], key: str, kind: type, where: str, parent: str = "") -> Any:
-    name = f"{parent}.{key}" if parent else key
-    if key not in raw:
-        raise _corrupt(where, f"{name} is missing")
-    return _as(raw[key], kind, where, name)
-
-
-def _shard(raw: Any, where: str, name: str, num_classes: int) -> ImageShardInfo:
-    raw = _as(raw, dict, where, name)
-    shard = ImageShardInfo(name=_get(raw, "name", str, where, name), images=_get(raw, "images", int, where, name),
-                           sha256=_get(raw, "sha256", str, where, name),
-                           max_label=_get(raw, "max_label", int, where, name))
-    if shard.images < 0:
-        raise _corrupt(where, f"{name}.images is {shard.images}, below 0")
-    if shard.max_label >= num_classes:
-        raise _corrupt(where, f"shard {shard.name} holds labels up to {shard.max_label}, beyond its "
-                              f"{num_classes} classes")
-    return shard
+def read_image_manifest(directory: str | Path) -> ImageManifest:
+    """The image manifest of a prepared directory, or a one-line `DataError` saying why there is none."""
+    return ImageManifest.read(directory)
 
 
 def require_images(data: Any, kind: str) -> ImageManifest:
@@ -194,30 +160,21 @@ def require_images(data: Any, kind: str) -> ImageManifest:
     return data.manifest
 
 
-def read_image_manifest(directory: str | Path) -> ImageManifest:
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise DataError(f"{directory} is a file, not a prepared image directory")
-    if not directory.is_dir():
-        raise DataError(f"image data directory {directory} does not exist: pass builtin (the built-in digits), "
-                        "local:DIR or hf:DATASET to prepare one, or a directory prepared before")
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(f"{directory} has no {MANIFEST_NAME}, so its preparation never finished: prepare it again")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise _corrupt(str(path), f"unreadable ({err})") from None
-    return ImageManifest.from_json(text, where=str(path))
-
-
-def image_shard_path(directory: Path, shard: ImageShardInfo) -> Path:
-    """Where a manifest's shard lies: inside `directory`, or the manifest is corrupt."""
-    try:
-        return confined(directory, shard.name, "shard")
-    except UserError:
-        raise _corrupt(str(directory / MANIFEST_NAME), f"shard name {shard.name!r} is not a file inside "
-                                                       f"{directory}") from None
+def check_images_fit(data: Any, kind: str, channels: int, image_size: int, num_classes: int | None = None) -> None:
+    """Refuse, in one line naming the `--model` overrides that fit, data that is not image shards of
+    (channels, image_size, image_size) images, of `num_classes` classes unless that is None (a model that
+    ignores the labels)."""
+    manifest = require_images(data, kind)
+    expected = (channels, image_size, image_size)
+    if manifest.shape == expected and num_classes in (None, manifest.num_classes):
+        return
+    held, takes = manifest.shape_text, "x".join(map(str, expected))
+    fits = f"--model channels={manifest.channels} --model image_size={manifest.image_size}"
+    if num_classes is not None:
+        held, takes = f"{manifest.num_classes} classes of {held}", f"{num_classes} classes of {takes}"
+        fits += f" --model num_classes={manifest.num_classes}"
+    raise DataError(f"the data holds {held} images, the model takes {takes}: pass {fits}, or choose a preset made "
+                    "for this data")
 
 
 def write_image_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> str:
@@ -292,32 +249,24 @@ class ImageShards:
         manifest's per-class counts."""
         directory = Path(directory)
         manifest = read_image_manifest(directory)
-        splits: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-        for name, split in manifest.splits.items():
-            images, labels = [], []
-            counts = np.zeros(manifest.num_classes, np.int64)
-            for shard in split.files:
-                path = image_shard_path(directory, shard)
-                if not path.is_file():
-                    raise DataError(f"shard {path} listed in the manifest is missing: prepare the data again")
-                if verify and sha256_file(path) != shard.sha256:
-                    raise DataError(f"shard {path} fails its sha256 check (corrupt or changed since preparation): "
-                                    "prepare the data again")
-                shard_images, shard_labels = map_image_shard(path, manifest.shape)
-                if len(shard_images) != shard.images:
-                    raise DataError(f"shard {path} holds {len(shard_images)} images, the manifest says "
-                                    f"{shard.images}: prepare the data again")
-                if verify and len(shard_labels):
-                    if int(shard_labels.max()) >= manifest.num_classes:
-                        raise DataError(f"shard {path} holds label {int(shard_labels.max())}, beyond the "
-                                        f"{manifest.num_classes} classes of its manifest: prepare the data again")
-                    counts += np.bincount(shard_labels, minlength=manifest.num_classes)
-                images.append(shard_images)
-                labels.append(shard_labels)
-            if verify and tuple(int(c) for c in counts) != split.class_counts:
-                raise DataError(f"the {name} images of {directory} are not the class counts its manifest records: "
-                                "prepare the data again")
-            splits[name] = (images, labels)
+
+        def read(path: Path, shard: ImageShardInfo) -> tuple[np.ndarray, np.ndarray]:
+            images, labels = map_image_shard(path, manifest.shape)
+            check_rows(path, len(images), shard.images, "images")
+            if verify and len(labels) and int(labels.max()) >= manifest.num_classes:
+                raise DataError(f"shard {path} holds label {int(labels.max())}, beyond the {manifest.num_classes} "
+                                "classes of its manifest: prepare the data again")
+            return images, labels
+
+        shards = open_shards(directory, manifest.splits, verify, read)
+        splits = {name: ([images for images, _ in split], [labels for _, labels in split])
+                  for name, split in shards.items()}
+        if verify:
+            for name, (_, labels) in splits.items():
+                counts = np.bincount(np.concatenate([np.empty(0, np.uint16), *labels]), minlength=manifest.num_classes)
+                if tuple(int(c) for c in counts) != manifest.splits[name].class_counts:
+                    raise DataError(f"the {name} images of {directory} are not the class counts its manifest "
+                                    "records: prepare the data again")
         return cls(manifest, splits)
 
     @property

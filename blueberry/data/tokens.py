@@ -12,7 +12,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from blueberry.data.format import Manifest, map_shard, read_manifest, sha256_file, shard_path
+from blueberry.data.format import Manifest, ShardInfo, map_shard, read_manifest
+from blueberry.data.manifest import check_rows, open_shards
 from blueberry.errors import DataError
 
 
@@ -59,28 +60,20 @@ class TokenShards:
         directory = Path(directory)
         manifest = read_manifest(directory)
         vocab = manifest.tokenizer.vocab_size
-        splits: dict[str, list[np.ndarray]] = {}
-        for name, split in manifest.splits.items():
-            splits[name] = []
-            for shard in split.files:
-                path = shard_path(directory, shard)
-                if not path.is_file():
-                    raise DataError(f"shard {path} listed in the manifest is missing: prepare the data again")
-                if verify and sha256_file(path) != shard.sha256:
-                    raise DataError(f"shard {path} fails its sha256 check (corrupt or changed since preparation): "
-                                    "prepare the data again")
-                views = map_shard(path, manifest.row_len, manifest.dtype)
-                if sum(len(v) for v in views) != shard.sequences:
-                    raise DataError(f"shard {path} holds {sum(len(v) for v in views)} rows, the manifest says "
-                                    f"{shard.sequences}: prepare the data again")
-                if verify:
-                    largest = max((int(v.max()) for v in views if v.size), default=0)
-                    if largest >= vocab:
-                        raise DataError(f"shard {path} holds token id {largest}, beyond the vocabulary of "
-                                        f"{vocab} its manifest names ({manifest.tokenizer.name!r}): the data and "
-                                        "its manifest do not belong together; prepare the data again")
-                splits[name].extend(views)
-        return cls(manifest, splits)
+
+        def read(path: Path, shard: ShardInfo) -> list[np.ndarray]:
+            views = map_shard(path, manifest.row_len, manifest.dtype)
+            check_rows(path, sum(len(v) for v in views), shard.sequences, "rows")
+            if verify:
+                largest = max((int(v.max()) for v in views if v.size), default=0)
+                if largest >= vocab:
+                    raise DataError(f"shard {path} holds token id {largest}, beyond the vocabulary of "
+                                    f"{vocab} its manifest names ({manifest.tokenizer.name!r}): the data and "
+                                    "its manifest do not belong together; prepare the data again")
+            return views
+
+        shards = open_shards(directory, manifest.splits, verify, read)
+        return cls(manifest, {name: [view for views in split for view in views] for name, split in shards.items()})
 
     @property
     def seq_len(self) -> int:

@@ -1,14 +1,10 @@
 """Image source -> uint8 image shards + manifest (`blueberry.data.images`), resumable and idempotent.
 
-The same contract as token preparation (`pipelines/prepare.py`):
-- **Keyed**: the output directory is keyed by a hash of the source, the settings and the format; `prepare_images`
-  returns at once when it already holds that preparation and refuses a directory holding anything else.
-- **Resumable**: after every shard, the state to continue from (shards written with their sha256, examples
-  consumed, images per class so far, the images not yet in a shard) is saved atomically in `.preparing.json`
-  and `.pending-*.npz`. A rerun checks the shards against their checksums, skips the consumed examples and
-  writes byte-identical shards; a state that does not read back whole starts the preparation over.
-- **Finished means manifest**: `manifest.json` is written last, atomically.
-- **One preparer per directory**: an exclusive lock on `.lock`; a second is refused (or, with `wait`, waits).
+The directory is prepared by `pipelines.preparation`, as token shards are: keyed by a hash of the source,
+the settings and the format, locked, finished only by its manifest, and resumable. What an image
+preparation saves after each shard: the shards written, examples consumed, the image shape, images per
+class so far, and the images not yet in a shard (`.pending-{split}-{seq}.npz`); a rerun skips the consumed
+examples and writes byte-identical shards.
 
 Every image becomes (channels, size, size) uint8: converted to grey (1 channel) or RGB (3), and resized
 (bicubic) when `image_size` says so. Unset, both come from the first image, and an image of another size
@@ -20,28 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
 from blueberry.data.cache import cache_dir
-from blueberry.data.format import MANIFEST_NAME, SPLITS, sha256_file
 from blueberry.data.images import (IMAGE_FORMAT_VERSION, MAX_CLASSES, ImageManifest, ImageShardInfo, ImageSplit,
                                    read_image_manifest, write_image_shard)
+from blueberry.data.manifest import SPLITS
 from blueberry.errors import ConfigError, DataError, UserError
-from blueberry.files import ExclusiveLock, LockHeld, atomic_file, confined, read_json_object, write_atomic
 from pipelines.images.sources import Example, ImageSource, open_image_source
-
-PARTIAL_STATE = ".preparing.json"
-LOCK = ".lock"
-WAIT_POLL_S = 0.25
+from pipelines.preparation import Preparation, ShardKind, check_output, prepare_directory
 
 
 @dataclass(frozen=True)
@@ -109,137 +98,42 @@ class _State:
     pending: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
-def _save_state(out: Path, key: str, seq: int, state: _State) -> None:
-    """Pending images first (new names), then the JSON naming them (atomic), then the old files go."""
-    for split, (images, labels) in state.pending.items():
-        with atomic_file(out / f".pending-{split}-{seq:06d}.npz") as f:
-            np.savez(f, images=images, labels=labels)
-    payload = {"key": key, "seq": seq, "examples": state.examples, "shape": list(state.shape),
-               "shards": {split: [asdict(s) for s in shards] for split, shards in state.shards.items()},
-               "counts": state.counts}
-    write_atomic(out / PARTIAL_STATE, json.dumps(payload))
-    for old in out.glob(".pending-*.npz"):
-        if not old.name.endswith(f"-{seq:06d}.npz"):
-            old.unlink()
+def _save_pending(f: BinaryIO, pending: tuple[np.ndarray, np.ndarray]) -> None:
+    np.savez(f, images=pending[0], labels=pending[1])
 
 
-def _load_state(out: Path, key: str) -> tuple[_State, int] | None:
-    """An interrupted preparation's state, if it reads back whole and its shards check out; else None."""
-    raw = read_json_object(out / PARTIAL_STATE)
-    if raw is None or "seq" not in raw:
-        return None
-    if raw.get("key") != key:
-        raise UserError(f"{out} holds an unfinished preparation with other settings: rerun it with those settings "
-                        "or delete the directory")
-    try:
-        seq, examples = int(raw["seq"]), int(raw["examples"])
-        shards = {split: [ImageShardInfo(**s) for s in raw["shards"][split]] for split in SPLITS}
-        for shard in (s for split in SPLITS for s in shards[split]):
-            path = confined(out, shard.name, "shard")
-            if not path.is_file() or sha256_file(path) != shard.sha256:
-                return None
-        pending = {}
-        for split in SPLITS:
-            with np.load(out / f".pending-{split}-{seq:06d}.npz", allow_pickle=False) as saved:
-                pending[split] = (saved["images"], saved["labels"])
-        state = _State(examples, tuple(raw["shape"]), shards, {s: list(raw["counts"][s]) for s in SPLITS}, pending)
-    except (KeyError, TypeError, ValueError, EOFError, OSError, UserError):
-        return None
-    return state, seq
+def _load_pending(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["images"], saved["labels"]
 
 
-def _is_ours(path: Path) -> bool:
-    return path.is_file() and (path.suffix == ".arrow" or path.name.startswith((".pending-", PARTIAL_STATE))
-                               or (path.name.startswith(".") and path.name.endswith(".tmp")))
+def _restore(raw: dict[str, Any], pending: dict[str, tuple[np.ndarray, np.ndarray]]) -> _State:
+    return _State(int(raw["examples"]), tuple(raw["shape"]),
+                  {split: [ImageShardInfo(**s) for s in raw["shards"][split]] for split in SPLITS},
+                  {split: list(raw["counts"][split]) for split in SPLITS}, pending)
 
 
-def _foreign(out: Path) -> bool:
-    """A non-empty directory holding no preparation, finished or not: not ours to write into."""
-    return (out.is_dir() and not (out / PARTIAL_STATE).exists() and not (out / MANIFEST_NAME).exists()
-            and any(p.name != LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir()))
-
-
-def _check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory: choose another --out")
-    if (out / MANIFEST_NAME).is_file():
-        return
-    if _foreign(out):
-        raise UserError(f"{out} is not empty and holds no preparation: choose another --out or delete it")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--out {out} lies under {existing}, which is a file: choose another --out")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise UserError(f"--out {out} is not writable (cannot create a file in {existing}: {err.strerror}): "
-                        "choose another --out") from None
-
-
-def _finished(out: Path, key: str) -> ImageManifest | None:
-    if not (out / MANIFEST_NAME).is_file():
-        return None
-    existing = read_image_manifest(out)
-    if existing.preparation_key == key:
-        return existing
-    raise UserError(f"{out} already holds a different preparation (source {existing.source!r}, shape "
-                    f"{'x'.join(map(str, existing.shape))}): choose another --out or delete it")
-
-
-def _lock(out: Path, what: str, wait: bool) -> ExclusiveLock:
-    lock = ExclusiveLock(out / LOCK, f"output directory {out}")
-    announced = False
-    while True:
-        try:
-            return lock.acquire()
-        except LockHeld:
-            if not wait:
-                raise
-            if not announced:
-                holder = read_json_object(out / LOCK) or {}
-                print(f"waiting for process {holder.get('pid', '(unknown)')} on {holder.get('host', 'this host')} "
-                      f"preparing {what} in {out}", file=sys.stderr, flush=True)
-                announced = True
-            time.sleep(WAIT_POLL_S)
-        except OSError as err:
-            raise UserError(f"cannot write to output directory {out} ({err.strerror}): choose another --out") from None
+IMAGE_SHARDS = ShardKind(read_manifest=read_image_manifest,
+                         describe=lambda manifest: f"source {manifest.source!r}, shape {manifest.shape_text}",
+                         pending_suffix=".npz", save_pending=_save_pending, load_pending=_load_pending,
+                         restore=_restore)
 
 
 def prepare_images(cfg: ImagePrepareConfig, out: str | Path, progress: bool = True, wait: bool = False
                    ) -> ImageManifest:
     """Prepare `out` from `cfg` (resuming an interrupted run), or return its manifest if already done."""
     out = Path(out)
-    _check_output(out)
+    check_output(out)
     source = open_image_source(cfg.source)
     key = image_preparation_key(cfg, source.key)
-    if finished := _finished(out, key):
-        return finished
     what = "the built-in digits" if cfg.source == "builtin" else cfg.source
-    with _lock(out, what, wait):
-        if finished := _finished(out, key):
-            return finished
-        return _prepare_locked(cfg, out, key, source, progress)
+    return prepare_directory(out, key, IMAGE_SHARDS, what, wait,
+                             lambda preparation: _prepare_locked(cfg, preparation, source, progress))
 
 
-def _claim(out: Path, key: str) -> tuple[_State, int]:
-    if _foreign(out):
-        raise UserError(f"{out} is not empty and holds no preparation: choose another --out or delete it")
-    resumed = _load_state(out, key) if (out / PARTIAL_STATE).exists() else None
-    if resumed is not None:
-        for stray in out.glob(".*.tmp"):
-            stray.unlink()
-        return resumed
-    write_atomic(out / PARTIAL_STATE, json.dumps({"key": key}))  # first: a kill below still says "start over"
-    for path in out.iterdir():
-        if path.name != PARTIAL_STATE and _is_ours(path):
-            path.unlink()
-    return _State(), 0
-
-
-def _prepare_locked(cfg: ImagePrepareConfig, out: Path, key: str, source: ImageSource, progress: bool
-                    ) -> ImageManifest:
-    state, seq = _claim(out, key)
+def _prepare_locked(cfg: ImagePrepareConfig, preparation: Preparation[ImageManifest, _State], source: ImageSource,
+                    progress: bool) -> ImageManifest:
+    state = preparation.resumed or _State()
     shards = state.shards or {split: [] for split in SPLITS}
     counts = state.counts or {split: [] for split in SPLITS}
     pending_images: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
@@ -255,14 +149,16 @@ def _prepare_locked(cfg: ImagePrepareConfig, out: Path, key: str, source: ImageS
         images = np.stack(pending_images[split]) if pending_images[split] else np.empty((0, *shape), np.uint8)
         labels = np.asarray(pending_labels[split], np.int64)
         name = f"{split}-{len(shards[split]):05d}.arrow"
-        sha = write_image_shard(out / name, images, labels)
+        sha = write_image_shard(preparation.directory / name, images, labels)
         shards[split].append(ImageShardInfo(name, len(images), sha, int(labels.max()) if len(labels) else -1))
         pending_images[split], pending_labels[split] = [], []
 
-    def snapshot() -> _State:
-        return _State(state.examples, shape, shards, counts,
-                      {s: (np.stack(pending_images[s]) if pending_images[s] else np.empty((0, *shape), np.uint8),
-                           np.asarray(pending_labels[s], np.int64)) for s in SPLITS})
+    def save() -> None:
+        preparation.save({"examples": state.examples, "shape": list(shape),
+                          "shards": {split: [asdict(s) for s in files] for split, files in shards.items()},
+                          "counts": counts},
+                         {s: (np.stack(pending_images[s]) if pending_images[s] else np.empty((0, *shape), np.uint8),
+                              np.asarray(pending_labels[s], np.int64)) for s in SPLITS})
 
     budget = cfg.max_images if cfg.max_images is not None else float("inf")
     bar = tqdm(desc=f"prepare {cfg.source}", unit=" img", initial=state.examples, disable=not progress,
@@ -289,8 +185,7 @@ def _prepare_locked(cfg: ImagePrepareConfig, out: Path, key: str, source: ImageS
             bar.update(1)
             if len(pending_images[split]) >= cfg.shard_images:
                 write(split)
-                seq += 1
-                _save_state(out, key, seq, snapshot())
+                save()
     finally:
         bar.close()
     if shape is None:
@@ -309,12 +204,9 @@ def _prepare_locked(cfg: ImagePrepareConfig, out: Path, key: str, source: ImageS
     if splits["val"].images == 0 and cfg.val_fraction > 0:
         raise DataError(f"source {cfg.source!r}: {state.examples} images and none held out for validation at "
                         f"val_fraction {cfg.val_fraction:g}: use more images or a larger val_fraction")
-    manifest = ImageManifest(shape=shape, classes=classes, splits=splits, source=cfg.source, preparation_key=key,
-                             extra={"examples": state.examples, "config": asdict(cfg)})
-    manifest.write(out)
-    for leftover in [out / PARTIAL_STATE, *out.glob(".pending-*.npz")]:
-        leftover.unlink()
-    return manifest
+    manifest = ImageManifest(shape=shape, classes=classes, splits=splits, source=cfg.source,
+                             preparation_key=preparation.key, extra={"examples": state.examples, "config": asdict(cfg)})
+    return preparation.finish(manifest)
 
 
 def _slug(spec: str) -> str:

@@ -33,8 +33,7 @@ from blueberry.core.hooks import Hook
 from blueberry.core.parallel import SINGLE_PROCESS, DataParallel
 from blueberry.core.state import TrainState
 from blueberry.core.task import Capabilities, Loss, Task
-from blueberry.data.images import ImageBatch, ImageShards, require_images
-from blueberry.errors import DataError
+from blueberry.data.images import ImageBatch, ImageShards, check_images_fit
 from blueberry.models.dit.capabilities import ImageGrid
 from blueberry.models.dit.config import PRESETS, TRAIN_PRESETS, DiTConfig
 from blueberry.models.dit.model import DiT, count_params, ema_decay_at, flops_per_image
@@ -198,13 +197,8 @@ class DiTTask(Task[DiTConfig]):
         return {"total": count_params(self.config)}
 
     def check_data(self, data: Any) -> None:
-        cfg, manifest = self.config, require_images(data, self.kind)
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
-        if manifest.shape != expected or manifest.num_classes != cfg.num_classes:
-            raise DataError(f"the data holds {manifest.num_classes} classes of {manifest.shape_text} "
-                            f"images, the model takes {cfg.num_classes} classes of {'x'.join(map(str, expected))}: "
-                            f"pass --model channels={manifest.channels} --model image_size={manifest.image_size} "
-                            f"--model num_classes={manifest.num_classes}")
+        cfg = self.config
+        check_images_fit(data, self.kind, cfg.channels, cfg.image_size, num_classes=cfg.num_classes)
         if cfg.eval_samples and cfg.fid_features == "inception":
             check_inception()
 

@@ -26,8 +26,7 @@ from blueberry.core.config import TrainConfig
 from blueberry.core.hardware import autocast
 from blueberry.core.parallel import DataParallel
 from blueberry.core.task import Capabilities, Loss, Task
-from blueberry.data.images import ImageBatch, ImageShards, require_images
-from blueberry.errors import DataError
+from blueberry.data.images import ImageBatch, ImageShards, check_images_fit
 from blueberry.models.vqvae.capabilities import Reconstructions
 from blueberry.models.vqvae.config import PRESETS, TRAIN_PRESETS, VQVAEConfig
 from blueberry.models.vqvae.model import VQVAE, count_params, flops_per_image, to_model_units
@@ -97,12 +96,7 @@ class VQVAETask(Task[VQVAEConfig]):
         return {"total": count_params(self.config)}
 
     def check_data(self, data: Any) -> None:
-        cfg, manifest = self.config, require_images(data, self.kind)
-        shape, expected = manifest.shape, (cfg.channels, cfg.image_size, cfg.image_size)
-        if tuple(shape) != expected:
-            raise DataError(f"the data holds {manifest.shape_text} images, the model takes "
-                            f"{'x'.join(map(str, expected))}: choose the preset for this data or set --model "
-                            f"image_size={shape[1]} --model channels={shape[0]}")
+        check_images_fit(data, self.kind, self.config.channels, self.config.image_size)  # the codes ignore classes
 
     def describe_data(self, data: ImageShards) -> dict[str, Any]:
         """What encoding and decoding need without the data: the image shape, the class names, which data."""
