@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from blueberry.models.lm.config import ModelConfig
+from blueberry.models.lm.grouped_mm import grouped_mm
 
 INIT_STD = 0.02
 
@@ -166,14 +167,65 @@ class MLP(nn.Module):
         return self.down(F.relu(self.up(x)).square())
 
 
+def dispatch_grouped(experts: nn.ModuleList, tokens: torch.Tensor, weights: torch.Tensor,
+                     chosen: torch.Tensor) -> torch.Tensor:
+    """sum_j weights[n, j] * expert_{chosen[n, j]}(tokens[n]) for every token n (tokens (N, C), weights and
+    chosen (N, k)), with shapes that do not depend on the routing, so it compiles into one graph: the N * k
+    (token, expert) pairs are sorted by expert, each expert's matrices multiply its contiguous run of rows in
+    one grouped matmul, and the results return to their tokens by the inverse permutation. No token is dropped
+    (no capacity limit). The experts' weights are stacked at each call, so parameters, checkpoints, Muon and
+    the export see one `MLP` per expert as before."""
+    N, k = chosen.shape
+    E = len(experts)
+    flat = chosen.flatten()  # (N*k,) expert of each pair, pairs in token order
+    order = flat.argsort(stable=True)  # pairs sorted by expert
+    ends = torch.zeros(E, dtype=torch.int32, device=flat.device).scatter_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.int32)).cumsum(0, dtype=torch.int32)  # (E,)
+    # Under autocast the matmuls run in its dtype, as nn.Linear's do (the grouped op has no autocast rule).
+    dtype = torch.get_autocast_dtype(tokens.device.type) if torch.is_autocast_enabled(tokens.device.type) \
+        else tokens.dtype
+
+    def stacked(name: str) -> torch.Tensor:  # (E, in, out): every expert's nn.Linear weight, transposed
+        return torch.stack([getattr(e, name).weight for e in experts]).to(dtype).transpose(1, 2)
+
+    rows = tokens[order // k].to(dtype)  # (N*k, C)
+    hidden = grouped_mm(rows, stacked("up"), ends)  # (N*k, F)
+    if experts[0].gate is not None:
+        hidden = F.silu(grouped_mm(rows, stacked("gate"), ends)) * hidden
+    else:
+        hidden = F.relu(hidden).square()
+    out = grouped_mm(hidden, stacked("down"), ends)  # (N*k, C), sorted
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+    out = out[inverse].view(N, k, -1).to(tokens.dtype)  # back in token order, (N, k, C)
+    return (out * weights.to(tokens.dtype)[..., None]).sum(dim=1)
+
+
+def dispatch_looped(experts: nn.ModuleList, tokens: torch.Tensor, weights: torch.Tensor,
+                    chosen: torch.Tensor) -> torch.Tensor:
+    """What `dispatch_grouped` computes, one expert at a time on the tokens routed to it: the MoE's dispatch
+    before issue #27, kept as the reference it is tested and measured against. Its shapes depend on the
+    routing (`nonzero`), so `torch.compile` splits the model at each expert."""
+    out = torch.zeros_like(tokens)
+    weights = weights.to(tokens.dtype)
+    for e, expert in enumerate(experts):
+        token_idx, slot = (chosen == e).nonzero(as_tuple=True)
+        if token_idx.numel():
+            out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+    return out
+
+
 class MoE(nn.Module):
-    """Top-k routed experts with the Switch Transformer load-balancing loss."""
+    """Top-k routed experts with the Switch Transformer load-balancing loss.
+
+    `dispatch` (a plain attribute, `dispatch_grouped` by default) sends the tokens to their experts; the
+    benchmarks and tests swap in `dispatch_looped` to compare."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.top_k, self.n_experts, self.aux_weight = cfg.experts_top_k, cfg.n_experts, cfg.moe_aux_loss_weight
         self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(MLP(cfg.d_model, cfg.d_ff, cfg.mlp) for _ in range(cfg.n_experts))
+        self.dispatch = dispatch_grouped
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
@@ -181,12 +233,8 @@ class MoE(nn.Module):
         logits = self.router(tokens)  # (N, E); softmax in at least float32, even under bf16 autocast
         probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
-        out = torch.zeros_like(tokens)
-        for e, expert in enumerate(self.experts):
-            token_idx, slot = (chosen == e).nonzero(as_tuple=True)
-            if token_idx.numel():
-                out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = self.dispatch(self.experts, tokens, weights, chosen)
         # Switch loss: E * sum_e (fraction of routed slots to e) * (mean router prob of e); 1 when balanced.
         routed_fraction = F.one_hot(chosen, self.n_experts).float().sum(dim=(0, 1)) / chosen.numel()
         aux = self.n_experts * (routed_fraction * probs.mean(dim=0)).sum()
