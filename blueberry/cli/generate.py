@@ -61,6 +61,9 @@ def build_parser() -> ArgumentParser:
     images.add_argument("--visual-tokenizer", type=Path, metavar="CHECKPOINT",
                         help="a language model over image codes: the VQ-VAE checkpoint that decodes them, where the "
                              "one its data recorded has moved (it must be the same file)")
+    parser.add_argument("--compile", action="store_true",
+                        help="text from a language model: decode with the compiled engine (one graph a step, CUDA "
+                             "graphs on a GPU; the first step compiles, tens of seconds)")
     parser.add_argument("--seed", type=seed, default=0, help="seeds the sampling")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     return parser
@@ -68,7 +71,7 @@ def build_parser() -> ArgumentParser:
 
 def main_body(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    from blueberry.models.lm.generate import Generator, Sampling, continuation
+    from blueberry.models.lm.generate import CompiledGenerator, Generator, Sampling, continuation
     from blueberry.platform.inference import open_run
 
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -89,7 +92,7 @@ def main_body(argv: Sequence[str] | None) -> None:
     tokenizer = run.tokenizer
     prompts = [ids for ids in tokenizer.encode_batch(args.prompt) for _ in range(args.num_samples)]
     labels = [(p, s) for p in range(len(args.prompt)) for s in range(args.num_samples)]
-    engine = Generator(run.model, eos_id=tokenizer.eos_id)
+    engine = (CompiledGenerator if args.compile else Generator)(run.model, eos_id=tokenizer.eos_id)
     if len(prompts) == 1:
         stream_one(engine, tokenizer, args.prompt[0], prompts[0], args.max_new_tokens, sampling, args.seed)
         return

@@ -119,6 +119,65 @@ class KVCache:
         values[:, :, self.length:end] = v
         return keys[:, :, :end], values[:, :, :end]
 
+    def advance(self, T: int) -> None:
+        """The next T slots are written (every layer's)."""
+        self.length += T
+
+
+class StaticKVCache:
+    """`KVCache` at shapes that never change, for a compiled decode step: attention always spans all `max_len`
+    slots (those not yet written are masked out), and the slots written so far are a tensor, `position`, not a
+    Python int. So one graph serves every step of every call, and `torch.compile(mode="reduce-overhead")`
+    replays it as a CUDA graph; its tensors are marked as static addresses, so the graph writes into them in
+    place. One cache serves call after call of the same batch size (`reset` starts the next)."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if max_len > cfg.seq_len:
+            raise ValueError(f"a cache of {max_len} positions exceeds the model's seq_len {cfg.seq_len}")
+        shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # slots written, padding included
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_len, device=device)
+        self.dtype, self.max_len = dtype, max_len
+        for tensor in (self.keys, self.values, self.position, self.pad, self.slots):
+            torch._dynamo.mark_static_address(tensor)
+
+    def reset(self, pad: torch.Tensor) -> None:
+        """Start a new call: nothing written, row b's first `pad[b]` slots padding (left-padded prompts)."""
+        self.pad.copy_(pad)
+        self.position.zero_()
+
+    def _queries(self, T: int) -> torch.Tensor:
+        return self.position + torch.arange(T, device=self.slots.device)  # (T,) the next T slots
+
+    def mask(self, T: int) -> torch.Tensor:
+        """(B, 1, T, max_len): what the next T slots may attend to, as `KVCache.mask` says."""
+        query = self._queries(T)
+        causal = self.slots[None, :] <= query[:, None]  # (T, S)
+        itself = self.slots[None, :] == query[:, None]
+        real = (self.slots[None, :] >= self.pad[:, None])[:, None]  # (B, 1, S)
+        return (causal[None] & (real | itself[None]))[:, None]
+
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next T slots' tables for `apply_rotary_rolled`, (B, 1, T, D), as `KVCache.rotary` gives them."""
+        positions = (self._queries(T)[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
+        cos, sin = cos[positions][:, None], sin[positions][:, None]
+        return torch.cat((cos, cos), dim=-1).to(self.dtype), torch.cat((-sin, sin), dim=-1).to(self.dtype)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the next T slots' keys and values (B, KV, T, D) of `layer`; all `max_len` slots of the layer."""
+        index = self._queries(k.shape[2])
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, index, k)
+        values.index_copy_(2, index, v)
+        return keys, values
+
+    def advance(self, T: int) -> None:
+        self.position += T
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -283,7 +342,7 @@ class Blueberry(nn.Module):
                 nn.init.normal_(p, std=INIT_STD)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
+                cache: KVCache | StaticKVCache | None = None, last_only: bool = False) -> ModelOutput:
         """Logits for `input_ids` (B, T); with `cache`, for the T tokens after those already in it (prefill
         then one token a step), which it then holds too. `last_only`: logits for the last position alone
         (B, 1, V), all that decoding needs of a prefill."""
@@ -303,7 +362,7 @@ class Blueberry(nn.Module):
             for layer, block in enumerate(self.blocks):
                 x, aux = block(x, cos, sin, (cache, layer, mask))
                 aux_loss = aux_loss if aux is None else aux_loss + aux
-            cache.length += T
+            cache.advance(T)
         if last_only:
             if targets is not None:
                 raise ValueError("last_only computes one position's logits; a loss needs every position's")
