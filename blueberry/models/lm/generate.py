@@ -132,12 +132,17 @@ class Generator:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
                  seed: int | None = None, allowed: AllowedTokens | None = None) -> list[list[int]]:
         """Each prompt's new tokens, up to and including its EOS."""
-        out: list[list[int]] = [[] for _ in prompts]
+        # Kept on the device and read once at the end: reading each step's tokens would wait for the device
+        # every step, and a GPU would idle while the next step is launched.
+        tokens: list[torch.Tensor] = []
+        done: list[torch.Tensor] = []
         for step in self.stream(prompts, max_new_tokens, sampling, seed, allowed):
-            for row, (token, done) in enumerate(zip(step.tokens.tolist(), step.done_before.tolist())):
-                if not done:
-                    out[row].append(token)
-        return out
+            tokens.append(step.tokens)
+            done.append(step.done_before)
+        if not tokens:
+            return [[] for _ in prompts]
+        rows, stopped = torch.stack(tokens, dim=1).tolist(), torch.stack(done, dim=1).tolist()  # (B, steps) each
+        return [[t for t, was_done in zip(row, row_done) if not was_done] for row, row_done in zip(rows, stopped)]
 
 
 class CompiledGenerator(Generator):

@@ -35,7 +35,8 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, ends: torch.Tensor) -> torch.Te
     """(M, N): x[ends[g - 1]:ends[g]] @ w[g] for every group g. x (M, K), w (G, K, N), ends (G,) int32
     cumulative row counts with ends[-1] = M."""
     if _has_kernel(x):
-        return torch._grouped_mm(x.contiguous(), w, offs=ends)
+        # Contiguous as the fake says: the CUDA kernel may pad its output's rows to 16-byte alignment.
+        return torch._grouped_mm(x.contiguous(), w, offs=ends).contiguous()
     return torch.cat([x[start:end] @ w[g] for g, (start, end) in enumerate(_bounds(ends))])
 
 
@@ -49,7 +50,7 @@ def grouped_mm_weight_grad(x: torch.Tensor, grad: torch.Tensor, ends: torch.Tens
     """(G, K, N): x[rows of g].T @ grad[rows of g] for every group g (zero for a group without rows), the
     gradient of `grouped_mm` with respect to w."""
     if _has_kernel(x):
-        return torch._grouped_mm(x.t(), grad, offs=ends)
+        return torch._grouped_mm(x.t(), grad, offs=ends).contiguous()
     return torch.stack([x[start:end].T @ grad[start:end] for start, end in _bounds(ends)])
 
 
