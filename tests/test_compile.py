@@ -205,3 +205,19 @@ def test_the_gpu_benchmark_without_a_gpu_asks_for_the_dry_run_and_writes_nothing
 
     assert gpu.main(["--out", str(tmp_path / "out")]) == 2
     assert "--dry-run" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_paste_puts_the_report_between_the_markers_and_refuses_a_file_without_them(tmp_path, capsys):
+    from blueberry.bench import gpu
+
+    doc, table = tmp_path / "benchmarks.md", tmp_path / "gpu-bench.md"
+    doc.write_text(f"# Benchmarks\n\n### GPU\n\n{gpu.PASTE_BEGIN}\nold figures\n{gpu.PASTE_END}\n\n## Decoding\n")
+    table.write_text("| run | tokens/s |\n| --- | --- |\n| nano-88m | 1 |\n")
+    assert gpu.main(["--paste", str(table), "--doc", str(doc)]) == 0
+    assert doc.read_text() == (f"# Benchmarks\n\n### GPU\n\n{gpu.PASTE_BEGIN}\n| run | tokens/s |\n| --- | --- |\n"
+                               f"| nano-88m | 1 |\n{gpu.PASTE_END}\n\n## Decoding\n")
+    bare = tmp_path / "bare.md"
+    bare.write_text("# nothing to replace\n")
+    assert gpu.main(["--paste", str(table), "--doc", str(bare)]) == 2
+    assert bare.read_text() == "# nothing to replace\n"
+    assert "has no <!-- gpu-bench:begin --> ... <!-- gpu-bench:end --> block" in capsys.readouterr().err

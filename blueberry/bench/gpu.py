@@ -4,9 +4,11 @@ minutes), with nothing to fetch from the network:
     python -m blueberry.bench.gpu --out DIR              # on a CUDA machine
     python -m blueberry.bench.gpu --out DIR --dry-run    # tiny presets on the CPU: the same report, in minutes
     python -m blueberry.bench.gpu --out DIR --only decode nano-151m    # rerun some sections
+    python -m blueberry.bench.gpu --paste DIR/gpu-bench.md             # into docs/benchmarks.md's GPU section
 
-It writes DIR/gpu-bench.json (every figure) and DIR/gpu-bench.md (the tables, ready to paste into the GPU
-section of docs/benchmarks.md), rewritten after each section, so a run stopped part-way keeps what it measured.
+It writes DIR/gpu-bench.json (every figure) and DIR/gpu-bench.md (the tables), rewritten after each section,
+so a run stopped part-way keeps what it measured. `--paste` puts a gpu-bench.md between the markers of the GPU
+section of docs/benchmarks.md (`--doc` names another file), replacing what was there.
 
 Sections, in the order they run:
 - nano-88m: the speedrun's shape (seq 2048, batch 8, bf16 autocast, compiled, Muon + AdamW) trained by
@@ -52,6 +54,7 @@ from blueberry.core.hooks import History
 from blueberry.core.loop import train
 from blueberry.core.task import Task
 from blueberry.data.images import ImageShards
+from blueberry.errors import UserError
 from blueberry.files import write_atomic
 from blueberry.models.dit.config import dit_cifar, dit_cifar_train, dit_tiny, dit_tiny_train
 from blueberry.models.dit.task import DiTTask
@@ -61,6 +64,7 @@ from blueberry.models.lm.task import LMTask
 from blueberry.models.vqvae.config import vqvae_cifar, vqvae_cifar_train, vqvae_tiny, vqvae_tiny_train
 from blueberry.models.vqvae.task import VQVAETask
 
+PASTE_BEGIN, PASTE_END = "<!-- gpu-bench:begin -->", "<!-- gpu-bench:end -->"
 SPEEDRUN_TOKENS = 8_011_776  # the seed's speedrun budget
 SPEEDRUN_RECORD_S = 86  # its active time on one RTX 4090 (DESIGN.md)
 TIMED_AFTER_STEPS = 3  # rates count the steps after these (first-step allocations, cuBLAS and Muon warm-up)
@@ -314,13 +318,39 @@ def run(plan: Plan, out: Path, budget_s: float, only: tuple[str, ...], command: 
     return report
 
 
+def paste(table: Path, doc: Path) -> None:
+    """Replace what lies between `doc`'s gpu-bench markers with the Markdown report `table`."""
+    try:
+        text, new = doc.read_text(), table.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
+    begin, end = text.find(PASTE_BEGIN), text.find(PASTE_END)
+    if begin < 0 or end < begin:
+        raise UserError(f"{doc} has no {PASTE_BEGIN} ... {PASTE_END} block to replace: add the two markers where "
+                        "the report goes")
+    write_atomic(doc, text[:begin + len(PASTE_BEGIN)] + "\n" + new.strip() + "\n" + text[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory for gpu-bench.json and gpu-bench.md")
+    parser.add_argument("--out", type=Path, help="directory for gpu-bench.json and gpu-bench.md")
     parser.add_argument("--dry-run", action="store_true", help="tiny presets on the CPU: the report's format")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=(), help="run these sections alone")
     parser.add_argument("--budget-s", type=float, default=400.0, help="no section starts after this many seconds")
+    parser.add_argument("--paste", type=Path, metavar="GPU_BENCH_MD",
+                        help="measure nothing: put this report into --doc's GPU section")
+    parser.add_argument("--doc", type=Path, default=Path("docs/benchmarks.md"), help="the file --paste writes")
     args = parser.parse_args(argv)
+    if args.paste is not None:
+        try:
+            paste(args.paste, args.doc)
+        except UserError as error:
+            print(f"blueberry.bench.gpu: {error}", file=sys.stderr)
+            return 2
+        print(f"pasted {args.paste} into {args.doc}")
+        return 0
+    if args.out is None:
+        parser.error("--out DIR is required (or --paste FILE)")
     if args.dry_run:
         plan = dry_run_plan()
     elif torch.cuda.is_available():
