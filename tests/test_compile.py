@@ -221,3 +221,37 @@ def test_paste_puts_the_report_between_the_markers_and_refuses_a_file_without_th
     assert gpu.main(["--paste", str(table), "--doc", str(bare)]) == 2
     assert bare.read_text() == "# nothing to replace\n"
     assert "has no <!-- gpu-bench:begin --> ... <!-- gpu-bench:end --> block" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_compiled_decode_replays_cuda_graphs_with_the_eager_engines_logits():
+    from torch._dynamo.utils import counters
+
+    model = decode_model().cuda()
+    eager, compiled = Generator(model), CompiledGenerator(model, max_len=32)
+    skips = counters["inductor"]["cudagraph_skips"]
+    for _ in range(2):  # the second call replays what the first recorded
+        for ours, theirs in zip(eager.stream(PROMPTS, 12, Sampling(temperature=0)),
+                                compiled.stream(PROMPTS, 12, Sampling(temperature=0)), strict=True):
+            # fp32 (no TF32 by default); cuBLAS and Triton pick their reduction orders by shape: 1e-4 of logits up to ~10.
+            torch.testing.assert_close(theirs.logits, ours.logits, rtol=0, atol=1e-4)
+            assert torch.equal(theirs.tokens, ours.tokens)
+    assert counters["inductor"]["cudagraph_skips"] == skips  # every step ran as a CUDA graph
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_grouped_kernel_in_bf16_computes_the_looped_moe():
+    cfg = ModelConfig(vocab_size=50, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=128, seq_len=8,
+                      n_experts=4, experts_top_k=2)
+    torch.manual_seed(0)
+    reference = MoE(cfg).double()
+    reference.dispatch = dispatch_looped
+    fast = copy.deepcopy(reference).cuda().bfloat16()
+    x = torch.randn(4, 8, 64, dtype=torch.float64)
+    expected = reference(x)[0]
+    for moe in (fast, torch.compile(fast, fullgraph=True)):
+        got = moe(x.cuda().bfloat16())[0].double().cpu()
+        # bf16 keeps 8 significant bits: each product and sum rounds at about 2^-9 of its size.
+        torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * expected.abs().max().item())

@@ -18,7 +18,7 @@ Sections, in the order they run:
 - decode: random nano-88m weights in bf16, greedy, a 32-token prompt and 128 new tokens at batch 1, 8 and 64:
   tokens/s of the eager engine, the compiled engine (CUDA graphs) and transformers' `generate` on the exported
   model (`blueberry.bench.generate_speed`), and whether they produced the same tokens;
-- nano-151m and nano-88m-moe (8 experts, top-2): tokens/s and MFU, as nano-88m;
+- nano-88m-moe (8 experts, top-2; the grouped dispatch) and nano-151m: tokens/s and MFU, as nano-88m;
 - dit-cifar and vqvae-cifar: training images/s on the built-in digits resized to 32x32 RGB, CIFAR-10's shape
   (the shape sets the speed; CIFAR-10 itself would need the network).
 Each training row also gives the graphs compiled, graph breaks and recompiles (`CompileWatch`; 1, 0, 0 is a
@@ -49,7 +49,7 @@ import torch
 from blueberry.bench.compile_watch import CompileWatch
 from blueberry.bench.generate_speed import engines, hf_model, random_prompts, time_engines
 from blueberry.core.config import TrainConfig, replace
-from blueberry.core.hardware import device_name, peak_flops
+from blueberry.core.hardware import cpu_model, device_name, peak_flops
 from blueberry.core.hooks import History
 from blueberry.core.loop import train
 from blueberry.core.task import Task
@@ -68,7 +68,7 @@ PASTE_BEGIN, PASTE_END = "<!-- gpu-bench:begin -->", "<!-- gpu-bench:end -->"
 SPEEDRUN_TOKENS = 8_011_776  # the seed's speedrun budget
 SPEEDRUN_RECORD_S = 86  # its active time on one RTX 4090 (DESIGN.md)
 TIMED_AFTER_STEPS = 3  # rates count the steps after these (first-step allocations, cuBLAS and Muon warm-up)
-SECTIONS = ("nano-88m", "decode", "nano-151m", "nano-88m-moe", "dit-cifar", "vqvae-cifar")
+SECTIONS = ("nano-88m", "decode", "nano-88m-moe", "nano-151m", "dit-cifar", "vqvae-cifar")
 JSON_NAME, MARKDOWN_NAME = "gpu-bench.json", "gpu-bench.md"
 
 
@@ -226,24 +226,30 @@ def measure_decode(case: DecodeCase, plan: Plan, time_left: Callable[[], float],
             "rows": rows}
 
 
-def fmt(value: float | None, spec: str, none: str = "n/a") -> str:
-    return none if value is None else format(value, spec)
+def fmt(value: float | None, spec: str, none: str = "n/a", unit: str = "") -> str:
+    return none if value is None else format(value, spec) + unit
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as the GPU section of docs/benchmarks.md shows it."""
-    lines = [f"Device: {report['device']}; torch {report['torch']}, CUDA {report['cuda']}; {report['date']}; "
-             f"{report['threads']} CPU threads; {report['wall_s']:.0f} s in all.",
+    peak = fmt(report["peak_flops"] and report["peak_flops"] / 1e12, ".0f", "no peak FLOP/s known: no MFU",
+               " TFLOP/s bf16 peak")
+    lines = [f"Device: {report['device']} ({peak}); CPU {report['cpu']}, {report['threads']} threads; torch "
+             f"{report['torch']}, CUDA {report['cuda']}; {report['date']}; {report['wall_s']:.0f} s in all.",
              f"Command: `{report['command']}`" + (" (dry run: tiny presets on the CPU)" if report["dry_run"] else ""),
              ""]
     if report["training"]:
-        lines += ["| run | preset | batch | per second | MFU | speedrun (8,011,776 tokens) | peak memory | "
+        timed = report["training"][0]["steps_timed"]
+        lines += [f"Training with `train()`, compiled, each kind's optimizer (Muon + AdamW for the language models, "
+                  f"AdamW for the image models): rates over the last {timed} steps of each run, after its untimed "
+                  "compile warm-up and first steps; setup includes compilation.", "",
+                  "| run | preset | batch | per second | MFU | speedrun (8,011,776 tokens) | peak memory | "
                   "graphs / breaks / recompiles | setup s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in report["training"]:
             shape = f"{row['batch']} x {row['units_per_sample']}" if row["unit"] == "tokens" else str(row["batch"])
-            speedrun = fmt(row.get("speedrun_s"), ".1f", "") + (" s" if "speedrun_s" in row else "")
             lines.append(f"| {row['name']} | {row['preset']} | {shape} | {row['units_per_s']:,.0f} {row['unit']} | "
-                         f"{fmt(row['mfu'], '.1%')} | {speedrun} | {fmt(row['peak_memory_gb'], '.2f')} GB | "
+                         f"{fmt(row['mfu'], '.1%')} | {fmt(row.get('speedrun_s'), '.1f', '', ' s')} | "
+                         f"{fmt(row['peak_memory_gb'], '.2f', unit=' GB')} | "
                          f"{row['graphs']} / {row['graph_breaks']} / {row['recompiles']} | {row['setup_s']:.0f} |")
         lines.append("")
     decode = report.get("decode")
@@ -262,7 +268,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row['batch']} | " + " | ".join(f"{rate[n]:,.0f}" for n in names)
                          + f" | {fmt(vs_eager, '.2f')} | {fmt(vs_hf, '.2f')} | "
                          + ", ".join(n for n, same in row["same_tokens"].items() if same)
-                         + f" | {row['first_call_s'].get('compiled', 0):.0f} | {fmt(row['peak_memory_gb'], '.2f')} GB |")
+                         + f" | {row['first_call_s'].get('compiled', 0):.0f} | "
+                         + f"{fmt(row['peak_memory_gb'], '.2f', unit=' GB')} |")
         lines.append("")
     if report["skipped"]:
         lines += ["Skipped:"] + [f"- {s['what']}: {s['why']}" for s in report["skipped"]] + [""]
@@ -275,7 +282,7 @@ def run(plan: Plan, out: Path, budget_s: float, only: tuple[str, ...], command: 
     device = plan.device
     report: dict[str, Any] = {
         "command": command, "dry_run": dry_run, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
+        "device": device_name(device), "cpu": cpu_model(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
         "peak_flops": peak_flops(device), "threads": torch.get_num_threads(), "training": [], "decode": None,
         "skipped": [], "wall_s": 0.0}
     skipped = report["skipped"]
