@@ -255,3 +255,14 @@ def test_on_a_gpu_the_grouped_kernel_in_bf16_computes_the_looped_moe():
         got = moe(x.cuda().bfloat16())[0].double().cpu()
         # bf16 keeps 8 significant bits: each product and sum rounds at about 2^-9 of its size.
         torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * expected.abs().max().item())
+
+
+def test_the_moe_benchmarks_grouped_and_looped_steps_train_alike(builtin_data):
+    from blueberry.bench.moe_step import training_step
+
+    cfg = small_lm(n_experts=4)
+    train_cfg = TrainConfig(batch_size=2, device="cpu")
+    batches = [batch for batch, _ in zip(iter(builtin_data.train_stream(2, 0).next, None), range(3))]
+    grouped, looped = (training_step(cfg, train_cfg, compiled=False, looped=flag) for flag in (False, True))
+    # The same initial weights and batches: three optimizer steps later, the same losses.
+    assert [grouped(b) for b in batches] == pytest.approx([looped(b) for b in batches], rel=1e-5)

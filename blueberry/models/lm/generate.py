@@ -2,6 +2,9 @@
 batched prompts of different lengths (left-padded, each decoding as it would alone), and sampling
 (greedy, temperature, top-k, top-p) from a seeded generator, stopping at EOS or a token limit.
 
+`CompiledGenerator` decodes the same way with the decode step compiled whole (a fixed-size cache, the position
+as a tensor): CUDA graphs on a GPU, where an eager step is bound by launching a few hundred small kernels.
+
 Token ids in, token ids out: the tokenizer is the caller's (`blueberry.platform.inference`).
 """
 

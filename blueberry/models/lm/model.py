@@ -9,7 +9,11 @@ Architecture choices, all set by `ModelConfig`:
 - rotary position embeddings (RoPE, base 10000, rotate-half convention);
 - MLP: squared ReLU (`relu2`, two matrices, Primer / modded-nanogpt) or SwiGLU (three matrices);
 - optional Mixture of Experts in place of the MLP: top-k softmax routing with the Switch
-  Transformer load-balancing loss (Fedus et al. 2021, eq. 4), off by default;
+  Transformer load-balancing loss (Fedus et al. 2021, eq. 4), off by default; tokens reach their
+  experts sorted by expert through grouped matmuls, at shapes independent of the routing, so the
+  whole model compiles into one graph;
+- decoding on a preallocated KV cache (`KVCache`), or on one of fixed size with its position as a
+  tensor (`StaticKVCache`), which a compiled decode step captures as a CUDA graph;
 - tied input and output embeddings, no biases anywhere.
 
 Parameter counting and FLOPs accounting live here too, next to the shapes they describe.
@@ -135,14 +139,16 @@ class StaticKVCache:
                  dtype: torch.dtype = torch.float32) -> None:
         if max_len > cfg.seq_len:
             raise ValueError(f"a cache of {max_len} positions exceeds the model's seq_len {cfg.seq_len}")
-        shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        # A tensor per layer, not views of one: the compiled step then writes each in place (an in-place write
+        # to a view of a graph input is compiled as a copy of the whole input).
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.position = torch.zeros((), dtype=torch.long, device=device)  # slots written, padding included
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.slots = torch.arange(max_len, device=device)
         self.dtype, self.max_len = dtype, max_len
-        for tensor in (self.keys, self.values, self.position, self.pad, self.slots):
+        for tensor in (*self.keys, *self.values, self.position, self.pad, self.slots):
             torch._dynamo.mark_static_address(tensor)
 
     def reset(self, pad: torch.Tensor) -> None:
