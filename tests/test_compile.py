@@ -23,6 +23,7 @@ from blueberry.bench.compile_watch import CompileWatch
 from blueberry.core.config import TrainConfig, replace
 from blueberry.core.hooks import History
 from blueberry.core.loop import train
+from blueberry.errors import UserError
 from blueberry.data.images import ImageShards
 from blueberry.models.dit.config import dit_tiny
 from blueberry.models.dit.task import DiTTask
@@ -270,6 +271,7 @@ def test_on_a_gpu_the_grouped_kernel_in_bf16_computes_the_looped_moe():
         torch.testing.assert_close(got, expected, rtol=0, atol=0.02 * expected.abs().max().item())
 
 
+@pytest.mark.slow
 def test_the_moe_benchmarks_grouped_and_looped_steps_train_alike(builtin_data):
     from blueberry.bench.moe_step import training_step
 
@@ -279,3 +281,13 @@ def test_the_moe_benchmarks_grouped_and_looped_steps_train_alike(builtin_data):
     grouped, looped = (training_step(cfg, train_cfg, compiled=False, looped=flag) for flag in (False, True))
     # The same initial weights and batches: three optimizer steps later, the same losses.
     assert [grouped(b) for b in batches] == pytest.approx([looped(b) for b in batches], rel=1e-5)
+
+
+def test_the_compiled_engine_sizes_its_cache_by_powers_of_two_within_the_context():
+    engine = CompiledGenerator(decode_model())  # seq_len 48
+    assert [engine.cache_size(n) for n in (1, 30, 48)] == [48, 48, 48]  # 64 would exceed the context
+    wide = CompiledGenerator(Blueberry(small_lm(seq_len=256)))
+    assert [wide.cache_size(n) for n in (10, 64, 65, 200, 256)] == [64, 64, 128, 256, 256]
+    assert CompiledGenerator(decode_model(), max_len=32).cache_size(5) == 32
+    with pytest.raises(UserError, match="must hold 2 to the model's 48"):
+        CompiledGenerator(decode_model(), max_len=49)

@@ -149,33 +149,47 @@ class Generator:
 
 
 class CompiledGenerator(Generator):
-    """Decodes exactly as `Generator` does, with the decode step compiled whole: the cache has a fixed size
-    (`max_len` slots, the model's context by default) and counts its position in a tensor (`StaticKVCache`),
-    so one graph serves every step of every call of a batch size, and `torch.compile(mode="reduce-overhead")`
-    captures it as a CUDA graph on a GPU: a step is then one launch instead of a few hundred. The prefill runs
-    eagerly. The first call of each batch size compiles (tens of seconds); keep the engine to reuse it."""
+    """Decodes exactly as `Generator` does, with the decode step compiled whole: the cache has a fixed size and
+    counts its position in a tensor (`StaticKVCache`), so one graph serves every step of every call of a batch
+    size and cache size, and `torch.compile(mode="reduce-overhead")` captures it as a CUDA graph on a GPU: a
+    step is then one launch instead of a few hundred. The prefill runs eagerly.
+
+    `max_len` fixes the cache at that many positions; by default each call gets the power of two (at least 64,
+    at most the model's context) that holds its prompt and new tokens, so attention spans at most twice the
+    slots it needs and calls of similar lengths share a graph. The first call of each batch size and cache size
+    compiles (tens of seconds): keep the engine to reuse it. (TorchDynamo compiles at most
+    `torch._dynamo.config.recompile_limit` such graphs, 8 by default, before it decodes eagerly.)"""
 
     def __init__(self, model: Blueberry, eos_id: int | None = None, pad_id: int = 0,
                  max_len: int | None = None) -> None:
         super().__init__(model, eos_id, pad_id)
-        self.max_len = model.cfg.seq_len if max_len is None else max_len
-        if not 1 < self.max_len <= model.cfg.seq_len:
-            raise UserError(f"a compiled engine's cache of {self.max_len} positions must hold 2 to the model's "
+        if max_len is not None and not 1 < max_len <= model.cfg.seq_len:
+            raise UserError(f"a compiled engine's cache of {max_len} positions must hold 2 to the model's "
                             f"{model.cfg.seq_len}")
-        self._caches: dict[int, StaticKVCache] = {}
+        self.max_len = max_len
+        self._caches: dict[tuple[int, int], StaticKVCache] = {}
         self._step = torch.compile(super()._decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
     def max_prompt_tokens(self, max_new_tokens: int) -> int:
+        if self.max_len is None:
+            return super().max_prompt_tokens(max_new_tokens)
         room = self.max_len - max_new_tokens
         if room < 1:
             raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the compiled "
                             f"engine's cache of {self.max_len} positions: ask for fewer")
         return room
 
+    def cache_size(self, length: int) -> int:
+        """The positions of the cache a call needing `length` of them decodes on."""
+        if self.max_len is not None:
+            return self.max_len
+        return min(self.model.cfg.seq_len, max(64, 1 << (length - 1).bit_length()))
+
     def _cache(self, batch_size: int, length: int, pad: torch.Tensor) -> StaticKVCache:
-        if batch_size not in self._caches:
-            self._caches[batch_size] = StaticKVCache(self.model.cfg, batch_size, self.max_len, self.device, self.dtype)
-        cache = self._caches[batch_size]
+        key = (batch_size, self.cache_size(length))
+        if key not in self._caches:
+            self._caches[key] = StaticKVCache(self.model.cfg, batch_size, key[1], self.device, self.dtype)
+        cache = self._caches[key]
         cache.reset(pad)
         return cache
 
