@@ -86,6 +86,7 @@ class TrainingCase:
 
 @dataclass(frozen=True)
 class DecodeCase:
+    name: str  # the model's preset, as the table shows it
     model: ModelConfig
     dtype: torch.dtype
     batches: tuple[int, ...]
@@ -132,7 +133,7 @@ def gpu_plan(device: torch.device) -> Plan:
                    steps, device, "bf16"),
         image_case("vqvae-cifar", "vqvae-cifar", VQVAETask(vqvae_cifar()), vqvae_cifar_train(), steps, device,
                    "bf16"),
-    ), DecodeCase(nano_88m(), torch.bfloat16, (1, 8, 64), prompt_tokens=32, new_tokens=128, repeats=3),
+    ), DecodeCase("nano-88m", nano_88m(), torch.bfloat16, (1, 8, 64), prompt_tokens=32, new_tokens=128, repeats=3),
         image_shape=(32, 3))
 
 
@@ -147,15 +148,17 @@ def dry_run_plan() -> Plan:
                    replace(dit_tiny_train(), batch_size=32), steps, cpu, "fp32"),
         image_case("vqvae-cifar", "vqvae-tiny", VQVAETask(vqvae_tiny()), replace(vqvae_tiny_train(), batch_size=32),
                    steps, cpu, "fp32"),
-    ), DecodeCase(tiny(), torch.float32, (1, 8, 64), prompt_tokens=16, new_tokens=32, repeats=2), image_shape=None)
+    ), DecodeCase("tiny", tiny(), torch.float32, (1, 8, 64), prompt_tokens=16, new_tokens=32, repeats=2),
+        image_shape=None)
 
 
-def open_data(kind: str, case_seq_len: int, image_shape: tuple[int, int] | None) -> Any:
-    from blueberry.platform.data import open_data as open_tokens
-    from blueberry.platform.data import prepared_image_dir
+def builtin_data(kind: str, seq_len: int, image_shape: tuple[int, int] | None) -> Any:
+    """The built-in corpus at `seq_len` ("tokens"), or the built-in digits, resized to `image_shape` ("images"),
+    each prepared into the cache on first use."""
+    from blueberry.platform.data import open_data, prepared_image_dir
 
     if kind == "tokens":
-        return open_tokens("builtin", case_seq_len, progress=False)
+        return open_data("builtin", seq_len, progress=False)
     settings = {} if image_shape is None else {"image_size": image_shape[0], "channels": image_shape[1]}
     return ImageShards.open(prepared_image_dir("builtin", progress=False, **settings))
 
@@ -172,7 +175,7 @@ def reset_memory(device: torch.device) -> None:
 
 
 def measure_training(case: TrainingCase, plan: Plan) -> dict[str, Any]:
-    data = open_data(case.data, case.task.units_per_sample, plan.image_shape)
+    data = builtin_data(case.data, case.task.units_per_sample, plan.image_shape)
     reset_memory(plan.device)
     history, watch = History(), CompileWatch()
     result = train(case.task, case.train, data, [history, watch])
@@ -189,7 +192,7 @@ def measure_training(case: TrainingCase, plan: Plan) -> dict[str, Any]:
            "steps_timed": len(steps) - skip, "units_per_s": rate,
            "mfu": case.task.flops_per_unit() * rate / peak if peak else None,
            "peak_memory_gb": peak_memory_gb(plan.device), "setup_s": result.setup_time_s,
-           "final_loss": steps[-1].loss, **watch.as_dict()}
+           "final_loss": steps[-1].loss, "diverged": result.diverged, **watch.as_dict()}
     if case.speedrun:
         row["speedrun_s"] = SPEEDRUN_TOKENS / rate
     return row
@@ -219,7 +222,7 @@ def measure_decode(case: DecodeCase, plan: Plan, time_left: Callable[[], float],
                               case.new_tokens, case.repeats)
         rows.append({"batch": batch, "tokens_per_s": timing.tokens_per_s, "first_call_s": timing.first_call_s,
                      "same_tokens": timing.same_tokens, "peak_memory_gb": peak_memory_gb(plan.device)})
-    return {"model": "nano-88m" if case.model == nano_88m() else "tiny", "dtype": str(case.dtype).split(".")[-1],
+    return {"model": case.name, "dtype": str(case.dtype).split(".")[-1],
             "prompt_tokens": case.prompt_tokens, "new_tokens": case.new_tokens, "repeats": case.repeats,
             "reference": type(reference).__name__ if reference is not None else None,
             "cuda_graphs": plan.device.type == "cuda" and counters["inductor"]["cudagraph_skips"] == skips_before,
@@ -243,7 +246,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"Training with `train()`, compiled, each kind's optimizer (Muon + AdamW for the language models, "
                   f"AdamW for the image models): rates over the last {timed} steps of each run, after its untimed "
                   "compile warm-up and first steps; setup includes compilation.", "",
-                  "| run | preset | batch | per second | MFU | speedrun (8,011,776 tokens) | peak memory | "
+                  f"| run | preset | batch | per second | MFU | speedrun: {SPEEDRUN_TOKENS:,} tokens "
+                  f"(record ~{SPEEDRUN_RECORD_S} s on an RTX 4090) | peak memory | "
                   "graphs / breaks / recompiles | setup s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in report["training"]:
             shape = f"{row['batch']} x {row['units_per_sample']}" if row["unit"] == "tokens" else str(row["batch"])
