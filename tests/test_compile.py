@@ -129,12 +129,18 @@ def test_moe_grouped_dispatch_equals_the_looped_dispatch_in_float64(mlp, top_k):
     assert all(g.abs().max() > 0 for g in grads_g)  # every expert and the router received a gradient
 
 
-def test_moe_in_float32_runs_the_grouped_kernel_to_float32_precision():
-    cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, seq_len=8,
-                      n_experts=4, experts_top_k=2)
+def looped_reference(d_model: int) -> MoE:
+    """A float64 MoE (4 experts, top-2) with the looped dispatch: the reference the grouped one is held to."""
+    cfg = ModelConfig(vocab_size=50, d_model=d_model, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=2 * d_model,
+                      seq_len=8, n_experts=4, experts_top_k=2)
     torch.manual_seed(0)
     reference = MoE(cfg).double()
     reference.dispatch = dispatch_looped
+    return reference
+
+
+def test_moe_in_float32_runs_the_grouped_kernel_to_float32_precision():
+    reference = looped_reference(16)
     fast = copy.deepcopy(reference).float()
     x = torch.randn(3, 8, 16, dtype=torch.float64)
     torch.testing.assert_close(fast(x.float())[0].double(), reference(x)[0], rtol=0, atol=1e-6)
@@ -257,11 +263,7 @@ def test_on_a_gpu_the_compiled_decode_replays_cuda_graphs_with_the_eager_engines
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_a_gpu_the_grouped_kernel_in_bf16_computes_the_looped_moe():
-    cfg = ModelConfig(vocab_size=50, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=128, seq_len=8,
-                      n_experts=4, experts_top_k=2)
-    torch.manual_seed(0)
-    reference = MoE(cfg).double()
-    reference.dispatch = dispatch_looped
+    reference = looped_reference(64)
     fast = copy.deepcopy(reference).cuda().bfloat16()
     x = torch.randn(4, 8, 64, dtype=torch.float64)
     expected = reference(x)[0]
