@@ -148,6 +148,12 @@ def test_blueberry_generate_streams_a_trained_runs_text(quick_run_dir, capsys):
 
     from blueberry.cli.generate import main as generate
 
+    # --compile decodes the same greedy text with the compiled engine (the step compiled whole).
+    compiled = [*command[3:], "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "20",
+                "--compile"]
+    assert generate(compiled) == 0
+    assert capsys.readouterr().out == greedy.stdout
+
     assert generate(["--run", name, "--runs-dir", str(runs_dir), "--prompt", "The", "--prompt", "A",
                      "--num-samples", "2", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out

@@ -147,13 +147,19 @@ def _compile_warmup(task: Task, step_model: torch.nn.Module, stream: Any, cfg: T
     """Run forward and backward a few times so compilation happens before the clock starts.
 
     No optimizer step is taken and the stream does not advance, so training afterwards is exactly
-    what it would have been; only the gradients are touched, and they are cleared.
+    what it would have been: the gradients are cleared, and what a loss draws at random (a diffusion
+    model's noise) or a forward updates in place (a VQ-VAE's codebook, its buffers) is put back.
     """
     batch = stream.peek().to(device)
-    for _ in range(cfg.compile_warmup_steps):
-        with autocast(device, cfg.precision):
-            loss = task.loss(step_model, batch)
-        (loss.value + loss.aux).backward()
+    buffers = [(b, b.detach().to("cpu", copy=True)) for b in step_model.buffers()]  # off the GPU: no memory peak
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(cfg.compile_warmup_steps):
+            with autocast(device, cfg.precision):
+                loss = task.loss(step_model, batch)
+            (loss.value + loss.aux).backward()
+    with torch.no_grad():
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
     for p in step_model.parameters():
         p.grad = None
     if device.type == "cuda":

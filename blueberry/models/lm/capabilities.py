@@ -52,6 +52,8 @@ class GenerateOptions:
     visual_tokenizer: Path | None = option(None, "a model over image codes: the VQ-VAE checkpoint that decodes "
                                                  "them, where the one its data recorded has moved (the same file)",
                                            metavar="CHECKPOINT")
+    compile: bool = option(False, "decode text with the compiled engine (one graph a step, CUDA graphs on a GPU; the "
+                                  "first step compiles, tens of seconds)")
 
 
 class TextGeneration(Generate):
@@ -92,14 +94,14 @@ class TextGeneration(Generate):
 
 def continue_text(run: OpenedRun, tokenizer: Any, options: GenerateOptions, sampling: Any,
                   services: Services) -> None:
-    from blueberry.models.lm.generate import Generator, continuation
+    from blueberry.models.lm.generate import CompiledGenerator, Generator, continuation
 
     prompts = [ids for ids in tokenizer.encode_batch(list(options.prompt)) for _ in range(options.num_samples)]
     if len(prompts) > MAX_SEQUENCES:
         raise UserError(f"{len(options.prompt)} prompts x {options.num_samples} samples is {len(prompts)} sequences, "
                         f"more than the {MAX_SEQUENCES} one batch decodes: ask for fewer")
     labels = [(p, s) for p in range(len(options.prompt)) for s in range(options.num_samples)]
-    engine = Generator(run.model, eos_id=tokenizer.eos_id)
+    engine = (CompiledGenerator if options.compile else Generator)(run.model, eos_id=tokenizer.eos_id)
     if len(prompts) == 1:
         stream_one(engine, tokenizer, options.prompt[0], prompts[0], options.max_new_tokens, sampling, services)
         return

@@ -2,6 +2,9 @@
 batched prompts of different lengths (left-padded, each decoding as it would alone), and sampling
 (greedy, temperature, top-k, top-p) from a seeded generator, stopping at EOS or a token limit.
 
+`CompiledGenerator` decodes the same way with the decode step compiled whole (a fixed-size cache, the position
+as a tensor): CUDA graphs on a GPU, where an eager step is bound by launching a few hundred small kernels.
+
 Token ids in, token ids out: the tokenizer is the caller's (`blueberry.inference.run`).
 """
 
@@ -14,7 +17,7 @@ from typing import Any
 import torch
 
 from blueberry.errors import UserError
-from blueberry.models.lm.model import Blueberry, KVCache
+from blueberry.models.lm.model import Blueberry, KVCache, StaticKVCache
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,12 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
 
 @dataclass(frozen=True)
 class Step:
-    """One decoding step: the token each row produced (B,), and which rows had already stopped
-    before it (their token is padding, not output)."""
+    """One decoding step: the token each row produced (B,), which rows had already stopped before it
+    (their token is padding, not output), and the logits (B, V) the tokens were drawn from."""
 
     tokens: torch.Tensor
     done_before: torch.Tensor
+    logits: torch.Tensor
 
 
 class Generator:
@@ -100,7 +104,7 @@ class Generator:
         longest = max(len(p) for p in prompts)
         pad = torch.tensor([longest - len(p) for p in prompts], device=self.device)
         ids = torch.tensor([[self.pad_id] * (longest - len(p)) + p for p in prompts], device=self.device)
-        cache = KVCache(self.model.cfg, len(prompts), longest + max_new_tokens, pad, self.device, self.dtype)
+        cache = self._cache(len(prompts), longest + max_new_tokens, pad)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device)
@@ -111,24 +115,89 @@ class Generator:
         for step in range(max_new_tokens):
             mask = allowed(step) if allowed is not None else None
             token = torch.where(done, filler, sample(logits, sampling, generator, mask))
-            yield Step(tokens=token, done_before=done.clone())
+            yield Step(tokens=token, done_before=done.clone(), logits=logits)
             if step == max_new_tokens - 1:
                 return
             if self.eos_id is not None:
                 done |= token == self.eos_id
                 if bool(done.all()):  # synchronises with the device: only where rows can stop
                     return
-            logits = self.model(token[:, None], cache=cache).logits[:, -1]
+            logits = self._decode(token[:, None], cache)
+
+    def _cache(self, batch_size: int, length: int, pad: torch.Tensor) -> KVCache | StaticKVCache:
+        """An empty cache for `batch_size` rows of up to `length` slots, the first `pad[b]` of row b padding."""
+        return KVCache(self.model.cfg, batch_size, length, pad, self.device, self.dtype)
+
+    def _decode(self, tokens: torch.Tensor, cache: KVCache | StaticKVCache) -> torch.Tensor:
+        """Logits (B, V) after one more token per row (B, 1), which the cache then holds too."""
+        return self.model(tokens, cache=cache).logits[:, -1]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
                  seed: int | None = None, allowed: AllowedTokens | None = None) -> list[list[int]]:
         """Each prompt's new tokens, up to and including its EOS."""
-        out: list[list[int]] = [[] for _ in prompts]
+        # Kept on the device and read once at the end: reading each step's tokens would wait for the device
+        # every step, and a GPU would idle while the next step is launched.
+        tokens: list[torch.Tensor] = []
+        done: list[torch.Tensor] = []
         for step in self.stream(prompts, max_new_tokens, sampling, seed, allowed):
-            for row, (token, done) in enumerate(zip(step.tokens.tolist(), step.done_before.tolist())):
-                if not done:
-                    out[row].append(token)
-        return out
+            tokens.append(step.tokens)
+            done.append(step.done_before)
+        if not tokens:
+            return [[] for _ in prompts]
+        rows, stopped = torch.stack(tokens, dim=1).tolist(), torch.stack(done, dim=1).tolist()  # (B, steps) each
+        return [[t for t, was_done in zip(row, row_done) if not was_done] for row, row_done in zip(rows, stopped)]
+
+
+class CompiledGenerator(Generator):
+    """Decodes exactly as `Generator` does, with the decode step compiled whole: the cache has a fixed size and
+    counts its position in a tensor (`StaticKVCache`), so one graph serves every step of every call of a batch
+    size and cache size, and `torch.compile(mode="reduce-overhead")` captures it as a CUDA graph on a GPU: a
+    step is then one launch instead of a few hundred. The prefill runs eagerly.
+
+    `max_len` fixes the cache at that many positions; by default each call gets the power of two (at least 64,
+    at most the model's context) that holds its prompt and new tokens, so attention spans at most twice the
+    slots it needs and calls of similar lengths share a graph. The first call of each batch size and cache size
+    compiles (tens of seconds): keep the engine to reuse it. (TorchDynamo compiles at most
+    `torch._dynamo.config.recompile_limit` such graphs, 8 by default, before it decodes eagerly.)"""
+
+    def __init__(self, model: Blueberry, eos_id: int | None = None, pad_id: int = 0,
+                 max_len: int | None = None) -> None:
+        super().__init__(model, eos_id, pad_id)
+        if max_len is not None and not 1 < max_len <= model.cfg.seq_len:
+            raise UserError(f"a compiled engine's cache of {max_len} positions must hold 2 to the model's "
+                            f"{model.cfg.seq_len}")
+        self.max_len = max_len
+        self._caches: dict[tuple[int, int], StaticKVCache] = {}
+        self._step = torch.compile(super()._decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+    def max_prompt_tokens(self, max_new_tokens: int) -> int:
+        if self.max_len is None:
+            return super().max_prompt_tokens(max_new_tokens)
+        room = self.max_len - max_new_tokens
+        if room < 1:
+            raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the compiled "
+                            f"engine's cache of {self.max_len} positions: ask for fewer")
+        return room
+
+    def cache_size(self, length: int) -> int:
+        """The positions of the cache a call needing `length` of them decodes on."""
+        if self.max_len is not None:
+            return self.max_len
+        return min(self.model.cfg.seq_len, max(64, 1 << (length - 1).bit_length()))
+
+    def _cache(self, batch_size: int, length: int, pad: torch.Tensor) -> StaticKVCache:
+        key = (batch_size, self.cache_size(length))
+        if key not in self._caches:
+            self._caches[key] = StaticKVCache(self.model.cfg, batch_size, key[1], self.device, self.dtype)
+        cache = self._caches[key]
+        cache.reset(pad)
+        return cache
+
+    def _decode(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        # Each step is a new iteration for CUDA-graph trees, which reuse the output's memory at the next
+        # replay: the copy keeps a step's logits (`Step.logits`) valid after it.
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._step(tokens, cache).clone()
 
 
 def continuation(tokenizer: Any, prompt_ids: Sequence[int], new: Sequence[int]) -> str:

@@ -9,7 +9,11 @@ Architecture choices, all set by `ModelConfig`:
 - rotary position embeddings (RoPE, base 10000, rotate-half convention);
 - MLP: squared ReLU (`relu2`, two matrices, Primer / modded-nanogpt) or SwiGLU (three matrices);
 - optional Mixture of Experts in place of the MLP: top-k softmax routing with the Switch
-  Transformer load-balancing loss (Fedus et al. 2021, eq. 4), off by default;
+  Transformer load-balancing loss (Fedus et al. 2021, eq. 4), off by default; tokens reach their
+  experts sorted by expert through grouped matmuls, at shapes independent of the routing, so the
+  whole model compiles into one graph;
+- decoding on a preallocated KV cache (`KVCache`), or on one of fixed size with its position as a
+  tensor (`StaticKVCache`), which a compiled decode step captures as a CUDA graph;
 - tied input and output embeddings, no biases anywhere.
 
 Parameter counting and FLOPs accounting live here too, next to the shapes they describe.
@@ -26,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from blueberry.models.lm.config import ModelConfig
+from blueberry.models.lm.grouped_mm import grouped_mm
 
 INIT_STD = 0.02
 
@@ -118,6 +123,67 @@ class KVCache:
         values[:, :, self.length:end] = v
         return keys[:, :, :end], values[:, :, :end]
 
+    def advance(self, T: int) -> None:
+        """The next T slots are written (every layer's)."""
+        self.length += T
+
+
+class StaticKVCache:
+    """`KVCache` at shapes that never change, for a compiled decode step: attention always spans all `max_len`
+    slots (those not yet written are masked out), and the slots written so far are a tensor, `position`, not a
+    Python int. So one graph serves every step of every call, and `torch.compile(mode="reduce-overhead")`
+    replays it as a CUDA graph; its tensors are marked as static addresses, so the graph writes into them in
+    place. One cache serves call after call of the same batch size (`reset` starts the next)."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if max_len > cfg.seq_len:
+            raise ValueError(f"a cache of {max_len} positions exceeds the model's seq_len {cfg.seq_len}")
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        # A tensor per layer, not views of one: the compiled step then writes each in place (an in-place write
+        # to a view of a graph input is compiled as a copy of the whole input).
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # slots written, padding included
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_len, device=device)
+        self.dtype, self.max_len = dtype, max_len
+        for tensor in (*self.keys, *self.values, self.position, self.pad, self.slots):
+            torch._dynamo.mark_static_address(tensor)
+
+    def reset(self, pad: torch.Tensor) -> None:
+        """Start a new call: nothing written, row b's first `pad[b]` slots padding (left-padded prompts)."""
+        self.pad.copy_(pad)
+        self.position.zero_()
+
+    def _queries(self, T: int) -> torch.Tensor:
+        return self.position + torch.arange(T, device=self.slots.device)  # (T,) the next T slots
+
+    def mask(self, T: int) -> torch.Tensor:
+        """(B, 1, T, max_len): what the next T slots may attend to, as `KVCache.mask` says."""
+        query = self._queries(T)
+        causal = self.slots[None, :] <= query[:, None]  # (T, S)
+        itself = self.slots[None, :] == query[:, None]
+        real = (self.slots[None, :] >= self.pad[:, None])[:, None]  # (B, 1, S)
+        return (causal[None] & (real | itself[None]))[:, None]
+
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next T slots' tables for `apply_rotary_rolled`, (B, 1, T, D), as `KVCache.rotary` gives them."""
+        positions = (self._queries(T)[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
+        cos, sin = cos[positions][:, None], sin[positions][:, None]
+        return torch.cat((cos, cos), dim=-1).to(self.dtype), torch.cat((-sin, sin), dim=-1).to(self.dtype)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the next T slots' keys and values (B, KV, T, D) of `layer`; all `max_len` slots of the layer."""
+        index = self._queries(k.shape[2])
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, index, k)
+        values.index_copy_(2, index, v)
+        return keys, values
+
+    def advance(self, T: int) -> None:
+        self.position += T
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -167,14 +233,65 @@ class MLP(nn.Module):
         return self.down(F.relu(self.up(x)).square())
 
 
+def dispatch_grouped(experts: nn.ModuleList, tokens: torch.Tensor, weights: torch.Tensor,
+                     chosen: torch.Tensor) -> torch.Tensor:
+    """sum_j weights[n, j] * expert_{chosen[n, j]}(tokens[n]) for every token n (tokens (N, C), weights and
+    chosen (N, k)), with shapes that do not depend on the routing, so it compiles into one graph: the N * k
+    (token, expert) pairs are sorted by expert, each expert's matrices multiply its contiguous run of rows in
+    one grouped matmul, and the results return to their tokens by the inverse permutation. No token is dropped
+    (no capacity limit). The experts' weights are stacked at each call, so parameters, checkpoints, Muon and
+    the export see one `MLP` per expert as before."""
+    N, k = chosen.shape
+    E = len(experts)
+    flat = chosen.flatten()  # (N*k,) expert of each pair, pairs in token order
+    order = flat.argsort(stable=True)  # pairs sorted by expert
+    ends = torch.zeros(E, dtype=torch.int32, device=flat.device).scatter_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.int32)).cumsum(0, dtype=torch.int32)  # (E,)
+    # Under autocast the matmuls run in its dtype, as nn.Linear's do (the grouped op has no autocast rule).
+    dtype = torch.get_autocast_dtype(tokens.device.type) if torch.is_autocast_enabled(tokens.device.type) \
+        else tokens.dtype
+
+    def stacked(name: str) -> torch.Tensor:  # (E, in, out): every expert's nn.Linear weight, transposed
+        return torch.stack([getattr(e, name).weight for e in experts]).to(dtype).transpose(1, 2)
+
+    rows = tokens[order // k].to(dtype)  # (N*k, C)
+    hidden = grouped_mm(rows, stacked("up"), ends)  # (N*k, F)
+    if experts[0].gate is not None:
+        hidden = F.silu(grouped_mm(rows, stacked("gate"), ends)) * hidden
+    else:
+        hidden = F.relu(hidden).square()
+    out = grouped_mm(hidden, stacked("down"), ends)  # (N*k, C), sorted
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+    out = out[inverse].view(N, k, -1).to(tokens.dtype)  # back in token order, (N, k, C)
+    return (out * weights.to(tokens.dtype)[..., None]).sum(dim=1)
+
+
+def dispatch_looped(experts: nn.ModuleList, tokens: torch.Tensor, weights: torch.Tensor,
+                    chosen: torch.Tensor) -> torch.Tensor:
+    """What `dispatch_grouped` computes, one expert at a time on the tokens routed to it: the MoE's dispatch
+    before issue #27, kept as the reference it is tested and measured against. Its shapes depend on the
+    routing (`nonzero`), so `torch.compile` splits the model at each expert."""
+    out = torch.zeros_like(tokens)
+    weights = weights.to(tokens.dtype)
+    for e, expert in enumerate(experts):
+        token_idx, slot = (chosen == e).nonzero(as_tuple=True)
+        if token_idx.numel():
+            out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+    return out
+
+
 class MoE(nn.Module):
-    """Top-k routed experts with the Switch Transformer load-balancing loss."""
+    """Top-k routed experts with the Switch Transformer load-balancing loss.
+
+    `dispatch` (a plain attribute, `dispatch_grouped` by default) sends the tokens to their experts; the
+    benchmarks and tests swap in `dispatch_looped` to compare."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.top_k, self.n_experts, self.aux_weight = cfg.experts_top_k, cfg.n_experts, cfg.moe_aux_loss_weight
         self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(MLP(cfg.d_model, cfg.d_ff, cfg.mlp) for _ in range(cfg.n_experts))
+        self.dispatch = dispatch_grouped
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
@@ -182,12 +299,8 @@ class MoE(nn.Module):
         logits = self.router(tokens)  # (N, E); softmax in at least float32, even under bf16 autocast
         probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
-        out = torch.zeros_like(tokens)
-        for e, expert in enumerate(self.experts):
-            token_idx, slot = (chosen == e).nonzero(as_tuple=True)
-            if token_idx.numel():
-                out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = self.dispatch(self.experts, tokens, weights, chosen)
         # Switch loss: E * sum_e (fraction of routed slots to e) * (mean router prob of e); 1 when balanced.
         routed_fraction = F.one_hot(chosen, self.n_experts).float().sum(dim=(0, 1)) / chosen.numel()
         aux = self.n_experts * (routed_fraction * probs.mean(dim=0)).sum()
@@ -236,7 +349,7 @@ class Blueberry(nn.Module):
                 nn.init.normal_(p, std=INIT_STD)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, last_only: bool = False) -> ModelOutput:
+                cache: KVCache | StaticKVCache | None = None, last_only: bool = False) -> ModelOutput:
         """Logits for `input_ids` (B, T); with `cache`, for the T tokens after those already in it (prefill
         then one token a step), which it then holds too. `last_only`: logits for the last position alone
         (B, 1, V), all that decoding needs of a prefill."""
@@ -256,7 +369,7 @@ class Blueberry(nn.Module):
             for layer, block in enumerate(self.blocks):
                 x, aux = block(x, cos, sin, (cache, layer, mask))
                 aux_loss = aux_loss if aux is None else aux_loss + aux
-            cache.length += T
+            cache.advance(T)
         if last_only:
             if targets is not None:
                 raise ValueError("last_only computes one position's logits; a loss needs every position's")

@@ -80,7 +80,9 @@ class VectorQuantizer(nn.Module):
     def update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
         """Move the codebook toward the mean of the vectors assigned to each code; restart dead codes."""
         K = self.codebook_size
-        counts = torch.bincount(codes, minlength=K).float()
+        # Counted with index_add_ rather than bincount, whose output length depends on the codes' values: the
+        # same counts, at shapes `torch.compile` knows in advance.
+        counts = torch.zeros_like(self.counts).index_add_(0, codes, torch.ones_like(codes, dtype=self.counts.dtype))
         sums = torch.zeros_like(self.sums).index_add_(0, codes, flat)
         # The restart candidates: a different random vector of the batch for every code (used only for dead
         # ones; drawn with replacement only when the batch holds fewer vectors than the codebook).
@@ -95,10 +97,10 @@ class VectorQuantizer(nn.Module):
         assigned = self.counts > 0
         self.codebook.copy_(torch.where(assigned[:, None], self.sums / self.counts.clamp_min(1e-12)[:, None],
                                         self.codebook))
-        dead = self.counts < self.threshold
-        self.codebook[dead] = candidates[dead]
-        self.sums[dead] = candidates[dead] * self.threshold
-        self.counts[dead] = self.threshold
+        dead = self.counts < self.threshold  # restarted where true, with `where` (static shapes), not a boolean index
+        self.codebook.copy_(torch.where(dead[:, None], candidates, self.codebook))
+        self.sums.copy_(torch.where(dead[:, None], candidates * self.threshold, self.sums))
+        self.counts.masked_fill_(dead, self.threshold)
 
 
 class ResBlock(nn.Module):
