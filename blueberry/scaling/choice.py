@@ -35,7 +35,7 @@ class Predictor:
     the runs it was fitted on and how it was chosen."""
 
     law: StackedLaw
-    draws: StackedLaw | None
+    draws: StackedLaw | None  # parameters of shape (draws, 1)
     calibration: Calibration | None
     data_range: DataRange | None
     source: str
@@ -49,9 +49,9 @@ class Predictor:
         """The bootstrap laws' central `level` at (N, D): the parameters' uncertainty alone."""
         if self.draws is None:
             return None
-        losses = self.draws.loss(np.asarray(N, np.float64)[..., None], np.asarray(D, np.float64)[..., None])
+        losses = self.draws.loss(np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64)))
         tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-        low, high = np.percentile(losses, tails, axis=-1)
+        low, high = np.percentile(losses, tails, axis=0)  # over draws: one value per (N, D)
         return low, high
 
     def interval(self, N, D, level: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -98,10 +98,12 @@ class ChosenLaw:
         return STACKING if self.cuts else f"too few runs for a rolling origin: the {FALLBACK_FORM} form by default"
 
     def draws(self) -> StackedLaw | None:
-        """The stack of every chosen form's bootstrap laws (draw b of each from one resample)."""
+        """The stack of every chosen form's bootstrap laws (draw b of each from one resample), with each
+        parameter an array of shape (draws, 1): its loss at m runs is (draws, m)."""
         if any(self.results[n].bootstrap is None for n in self.weights):
             return None
-        laws = tuple(law_of(n, self.results[n].bootstrap.parameters(FORMS[n])) for n in self.weights)
+        laws = tuple(law_of(n, {k: v[:, None] for k, v in self.results[n].bootstrap.parameters(FORMS[n]).items()})
+                     for n in self.weights)
         return StackedLaw(laws, tuple(self.weights.values()))
 
     def choice_text(self) -> str:

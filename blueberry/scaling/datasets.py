@@ -6,6 +6,10 @@ et al., 2024, "Chinchilla Scaling: A replication attempt"): model size, training
 per run. It is what `blueberry-scale fit` is checked against (`tests/test_scaling.py` reproduces Epoch
 AI's refit).
 
+GPU prices a plan costs with when `--price-per-gpu-hour` is not given (`GPU_PRICES`): on-demand list prices
+for one GPU-hour from public price surveys, each with its source and date. Prices move and differ by two
+to three times between providers; these are defaults to make the cost visible, not quotes.
+
 Training corpora a plan names (`blueberry-scale plan --dataset fineweb`): how many tokens each holds, so
 a plan can say how many epochs its D means. The counts are the dataset cards' headline figures, each in
 the tokenizer its card counts with (where the card names one); another tokenizer of similar vocabulary
@@ -59,3 +63,25 @@ CORPORA = {
     "blueberry-1b": Corpus("vukrosic/blueberry-1B-pretrain", 1e9, "SmolLM2-135M",
                            "its name: about 1B tokens (the marathon-1b recipe reads 1.012e9 training tokens from it)"),
 }
+
+
+@dataclass(frozen=True)
+class GpuPrice:
+    """The default price of one GPU-hour, and where it comes from."""
+
+    dollars: float
+    source: str
+
+
+GPU_PRICES = {
+    "h100": GpuPrice(2.50, "H100 SXM on-demand at specialty clouds, $2.50-3.50 (Mercatus GPU index, May 2026): the "
+                           "low end"),
+    "h200": GpuPrice(3.50, "H200 SXM on-demand at specialty clouds, $3.50-4.50 (Mercatus GPU index, May 2026): the "
+                           "low end"),
+    "a100": GpuPrice(1.10, "A100 80GB on-demand at specialty clouds, $1.10-1.50 (Mercatus GPU index, May 2026): the "
+                           "low end"),
+    "b200": GpuPrice(5.98, "B200 on-demand, $5.98-6.08 (deploybase.ai, March 2026): the low end"),
+    "l40s": GpuPrice(0.87, "L40S on-demand (aihardwareindex.com, December 2025)"),
+    "4090": GpuPrice(0.34, "RTX 4090 on-demand at RunPod (deploybase.ai, March 2026)"),
+}
+

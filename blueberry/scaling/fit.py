@@ -335,3 +335,11 @@ def fit_isoflop(points: ScalingPoints, min_sizes: int = 3) -> IsoFlopFit:
     d_exp, d_log_coef = np.polyfit(logC, logC - np.log(6) - logN_opt, 1)
     return IsoFlopFit(profiles=profiles, N_coefficient=float(np.exp(n_log_coef)), N_exponent=float(n_exp),
                       D_coefficient=float(np.exp(d_log_coef)), D_exponent=float(d_exp))
+
+
+def isoflop_payload(fit: IsoFlopFit) -> dict[str, object]:
+    """Approach 2 as `fit --json` records it."""
+    return {"N_opt": {"coefficient": fit.N_coefficient, "exponent": fit.N_exponent},
+            "D_opt": {"coefficient": fit.D_coefficient, "exponent": fit.D_exponent},
+            "profiles": [p.__dict__ for p in fit.profiles]}
+

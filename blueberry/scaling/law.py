@@ -104,7 +104,7 @@ class Law(_Parameters):
         return {"a": float(self.a), "b": float(self.b), "G": float(self.G)}
 
     def describe(self) -> str:
-        return f"L = {self.E:.3f} + {self.A:.4g} / N^{self.alpha:.3f} + {self.B:.4g} / D^{self.beta:.3f}"
+        return f"L = {self.E:.4g} + {self.A:.4g} / N^{self.alpha:.4g} + {self.B:.4g} / D^{self.beta:.4g}"
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class SharedExponentLaw(_Parameters):
         return {"a": 0.5, "b": 0.5, "G": float(self.G)}
 
     def describe(self) -> str:
-        return f"L = {self.E:.3f} + {self.A:.4g} / N^{self.gamma:.3f} + {self.B:.4g} / D^{self.gamma:.3f}"
+        return f"L = {self.E:.4g} + {self.A:.4g} / N^{self.gamma:.4g} + {self.B:.4g} / D^{self.gamma:.4g}"
 
 
 @dataclass(frozen=True)
@@ -178,8 +178,8 @@ class KaplanLaw(_Parameters):
         return {"a": float(1 / (self.r + 1)), "b": float(self.r / (self.r + 1))}
 
     def describe(self) -> str:
-        return (f"L = [({self.N_c:.4g} / N)^({self.alpha_N:.4f}/{self.alpha_D:.4f}) + {self.D_c:.4g} / D]"
-                f"^{self.alpha_D:.4f}")
+        return (f"L = [({self.N_c:.4g} / N)^({self.alpha_N:.4g}/{self.alpha_D:.4g}) + {self.D_c:.4g} / D]"
+                f"^{self.alpha_D:.4g}")
 
 
 LAW_TYPES = {law.form: law for law in (Law, SharedExponentLaw, KaplanLaw)}
@@ -263,6 +263,13 @@ class StackedLaw:
 def law_of(form: str, params: dict) -> object:
     """The law of form `form` with parameters `params` (floats, or arrays of draws)."""
     return LAW_TYPES[form](**params)
+
+
+def select_draws(law, index: np.ndarray):
+    """The draws `index` of a law of (draws, 1) arrays (a stack's members alike), in that order."""
+    if isinstance(law, StackedLaw):
+        return StackedLaw(tuple(select_draws(member, index) for member in law.laws), law.weights)
+    return type(law)(**{f.name: np.asarray(getattr(law, f.name))[index] for f in fields(law)})
 
 
 @dataclass(frozen=True)
