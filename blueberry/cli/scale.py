@@ -331,8 +331,8 @@ def cmd_plan(args) -> None:
                                      cut_by=args.cut_by)
     plan = make_plan(predictor.law, target, predictor.draws, hparams, vocab_size=args.vocab, architecture=architecture,
                      law_source=predictor.source, data_range=predictor.data_range, downstream=downstream,
-                     accuracy_goal=args.accuracy_goal, calibration=predictor.calibration, level=args.level,
-                     choice=predictor.choice)
+                     accuracy_goal=args.accuracy_goal, calibration=predictor.calibration,
+                     residuals=predictor.residuals, level=args.level, choice=predictor.choice)
     image = None
     if args.plot:
         from blueberry.scaling.plots import render_law

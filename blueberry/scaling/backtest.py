@@ -8,9 +8,8 @@ fitted runs (cut by the same quantity as the hold-out), intervals calibrated on 
 held-out runs never reach the selection, the weights or the calibration.
 
 Each held-out run gets the calibrated interval at its distance beyond the fitted runs
-(`blueberry.scaling.calibrate`), and for comparison the interval the bootstrap gives alone: the central
-`level` of log L*_b + r_j over every pair of a bootstrap law b (the stack of the chosen forms' refits)
-and a log residual r_j of a fitted run (the scatter of one run about the law).
+(`blueberry.scaling.calibrate`: the union of the nested errors' conformal interval and the bootstrap's),
+and for comparison each part alone and the bootstrap laws' spread alone.
 
 Errors are in log loss: |log L - log L_hat| is the relative error of the prediction (0.01 is 1%).
 """
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from blueberry.errors import UserError
+from blueberry.scaling.calibrate import bootstrap_interval
 from blueberry.scaling.choice import ChosenLaw, choose_law, forms_table
 from blueberry.scaling.fit import ScalingPoints
 from blueberry.scaling.select import distance_bins
@@ -85,8 +85,9 @@ class Backtest:
     held: ScalingPoints
     predicted: np.ndarray  # the chosen law's loss at each held-out run
     distance: np.ndarray  # each held-out run's distance beyond the fitted runs, decades
-    interval: np.ndarray | None  # (m, 2) calibrated; None when no rolling origin fitted the fitted runs
-    bootstrap_interval: np.ndarray | None  # (m, 2) bootstrap laws and residual scatter, uncalibrated
+    interval: np.ndarray | None  # (m, 2) calibrated (the union of the next two); None: neither exists
+    conformal_interval: np.ndarray | None  # (m, 2) from the nested errors alone
+    bootstrap_interval: np.ndarray | None  # (m, 2) bootstrap laws and residual scatter alone
     parameter_interval: np.ndarray | None  # (m, 2) bootstrap laws alone
     bootstrap: int
 
@@ -117,6 +118,10 @@ class Backtest:
     @property
     def coverage(self) -> float | None:
         return None if self.interval is None else float(self.inside.mean())
+
+    @property
+    def conformal_coverage(self) -> float | None:
+        return None if self.conformal_interval is None else float(self._inside(self.conformal_interval).mean())
 
     @property
     def bootstrap_coverage(self) -> float | None:
@@ -174,25 +179,12 @@ class Backtest:
             "worst": {"N": float(self.held.N[worst]), "D": float(self.held.D[worst]),
                       "loss": float(self.held.loss[worst]), "predicted": float(self.predicted[worst]),
                       "log_error": float(self.log_error[worst])},
-            "coverage": self.coverage, "bootstrap_coverage": self.bootstrap_coverage,
+            "coverage": self.coverage, "conformal_coverage": self.conformal_coverage,
+            "bootstrap_coverage": self.bootstrap_coverage,
             "parameter_only_coverage": self.parameter_coverage,
             "calibrated_coverage_band": list(self.coverage_band()),
             "by_distance": self.by_distance(), "runs": runs,
         }
-
-
-def prediction_intervals(draws, residuals: np.ndarray, N: np.ndarray, D: np.ndarray,
-                         level: float) -> tuple[np.ndarray, np.ndarray]:
-    """(interval, parameter-only interval), each (runs, 2), at `level` for new runs at (N, D): quantiles
-    of exp(log L*_b + r_j) over all pairs (b, j) of the bootstrap laws `draws` (a law of (B, 1) arrays) and the
-    log residuals."""
-    tails = np.array([(1 - level) / 2, (1 + level) / 2])
-    log_draws = np.log(draws.loss(np.asarray(N)[None, :], np.asarray(D)[None, :]))  # (B, m)
-    parameter = np.exp(np.quantile(log_draws, tails, axis=0).T)
-    both = np.empty((log_draws.shape[1], 2))
-    for i in range(log_draws.shape[1]):
-        both[i] = np.exp(np.quantile((log_draws[:, i, None] + residuals[None, :]).ravel(), tails))
-    return both, parameter
 
 
 def run_backtest(points: ScalingPoints, holdout: Holdout, level: float = 0.8, bootstrap: int = 200,
@@ -208,15 +200,17 @@ def run_backtest(points: ScalingPoints, holdout: Holdout, level: float = 0.8, bo
     chosen = choose_law(fitted, force=force, cut_by=holdout.by, bootstrap=bootstrap, seed=seed)
     predictor = chosen.predictor("the fitted runs")
     predicted = np.asarray(chosen.law.loss(held.N, held.D))
+    distance = chosen.data_range.distance(held.N, held.D)
     calibrated = predictor.interval(held.N, held.D, level)
-    draws = predictor.draws
+    conformal = (None if chosen.calibration is None
+                 else np.column_stack(chosen.calibration.interval(predicted, distance, level)))
     both = parameter = None
-    if draws is not None:
-        both, parameter = prediction_intervals(draws, chosen.residuals, held.N, held.D, level)
+    if predictor.draws is not None:
+        both, parameter = bootstrap_interval(predictor.draws, chosen.residuals, held.N, held.D, level)
     return Backtest(holdout=holdout, level=level, chosen=chosen, fitted=fitted, held=held, predicted=predicted,
-                    distance=chosen.data_range.distance(held.N, held.D),
-                    interval=None if calibrated is None else np.column_stack(calibrated),
-                    bootstrap_interval=both, parameter_interval=parameter, bootstrap=bootstrap)
+                    distance=distance, interval=None if calibrated is None else np.column_stack(calibrated),
+                    conformal_interval=conformal, bootstrap_interval=both, parameter_interval=parameter,
+                    bootstrap=bootstrap)
 
 
 def _coverage(value: float | None) -> str:
@@ -247,10 +241,10 @@ def backtest_text(result: Backtest, source: str) -> str:
               f"  worst                   {result.log_error[worst]:+.4f} at N = {result.held.N[worst]:.3g}, "
               f"D = {result.held.D[worst]:.3g}: loss {result.held.loss[worst]:.4f}, predicted "
               f"{result.predicted[worst]:.4f}",
-              f"  {result.level:.0%} interval coverage   calibrated {_coverage(result.coverage)}, bootstrap + "
-              f"residual scatter {_coverage(result.bootstrap_coverage)}, parameters alone "
-              f"{_coverage(result.parameter_coverage)} (a calibrated interval on {len(result.held)} runs: "
-              f"{low:.0%} to {high:.0%})",
+              f"  {result.level:.0%} interval coverage   calibrated {_coverage(result.coverage)} (a calibrated "
+              f"interval on {len(result.held)} runs: {low:.0%} to {high:.0%}); its parts alone: backtest errors "
+              f"{_coverage(result.conformal_coverage)}, bootstrap + residual scatter "
+              f"{_coverage(result.bootstrap_coverage)}; parameters alone {_coverage(result.parameter_coverage)}",
               "  by distance beyond the fitted runs:",
               f"    {'x beyond':>12} {'runs':>5} {'mean |log err|':>15} {'mean log err':>13} {'coverage':>9} "
               f"{'interval width':>15}"]

@@ -1,28 +1,35 @@
-"""Prediction intervals calibrated by the rolling-origin backtests, widening with extrapolation distance.
+"""Prediction intervals calibrated by the rolling-origin backtests, widening with extrapolation distance,
+and never narrower than the bootstrap's.
 
-The method: split-conformal prediction (Vovk et al. 2005; Lei et al. 2018) on the nested errors, each
-normalised by a scale that grows linearly with the distance beyond the fitted runs (Lei et al.'s locally
-weighted residuals, with distance as the covariate):
+The method has two parts, and a plan's interval is their union at its point:
 
-    s(d) = sigma + kappa d                         d in decades beyond the fitted runs (`DataRange.distance`)
-    z_i  = e_i / s(d_i)                            e_i = log observed - log predicted, one per nested pair
-    interval at d:  L_hat exp(s(d) q_low), L_hat exp(s(d) q_high)
+1. Split-conformal prediction (Vovk et al. 2005; Lei et al. 2018) on the nested errors, each normalised by
+   a scale that grows linearly with the distance beyond the fitted runs (Lei et al.'s locally weighted
+   residuals, with distance as the covariate):
 
-with q_low, q_high the split-conformal order statistics of the z_i for the level (the ceil((n + 1)(1 + level)/2)-th
-smallest and its mirror), so the interval is asymmetric when the form errs one way beyond its data.
-sigma is the scale at no distance: the mean |log residual| of the fitted runs about the fit (the scatter
-of one run about the law); kappa the least-squares slope of |e_i| - sigma on d_i through the origin,
-floored at 0.
+       s(d) = sigma + kappa d                     d in decades beyond the fitted runs (`DataRange.distance`)
+       z_i  = e_i / s(d_i)                        e_i = log observed - log predicted, one per nested pair
+       interval at d:  L_hat exp(s(d) q_low), L_hat exp(s(d) q_high)
 
-Why this and not the bootstrap: the bootstrap resamples runs inside the fitted range and cannot see a
-form that bends away beyond it (on the Chinchilla runs fitted below 1B its intervals held 24.6% of the
-larger runs, with the residual scatter 42.6%, for a nominal 80%). Each nested error already carries the
-parameters' uncertainty, since each cut is a fit of fewer runs; the bootstrap stays in the reports for
-the parameters' own intervals. Why a linear scale in log distance: the nested errors grow with distance
-and are too few to estimate a curve per distance; a line through the in-range scatter has one free
-number, and conformal quantiles then set the level. What it does not guarantee: nested pairs of one cut
-share a fit, and errors at different distances are not exchangeable, so coverage is approximate; beyond
-the largest distance the backtests reached the scale is an extrapolation, which a plan says.
+   with q_low, q_high the split-conformal order statistics of the z_i for the level (the
+   ceil((n + 1)(1 + level)/2)-th smallest and its mirror), so the interval is asymmetric when the form
+   errs one way beyond its data. sigma is the scale at no distance, the mean |log residual| of the fitted
+   runs about the fit (the scatter of one run about the law); kappa the least-squares slope of
+   |e_i| - sigma on d_i through the origin, floored at 0.
+2. The bootstrap's predictive interval (`bootstrap_interval`): the central `level` of log L*_b + r_j over
+   every pair of a bootstrap law b and a log residual r_j of a fitted run.
+
+Why both: the nested errors see how a form bends away beyond its data, which the bootstrap cannot (it
+resamples runs inside the range: on the Chinchilla runs fitted below 1B its intervals held 42.6% of the
+larger runs for a nominal 80%); the bootstrap sees how little the final fit's data pins down a point,
+which nested fits of other runs can under-state. Why a linear scale in log distance: the nested errors
+grow with distance and are too few to estimate a curve per distance; one free number, and the conformal
+quantiles set the level. Chosen by backtests inside the Chinchilla runs below 1B (docs/scaling.md): the
+union covered more of the held-out runs than either part, and normalising by the bootstrap's spread
+instead of by distance covered less. What it does not guarantee: nested pairs of one cut share a fit,
+errors at different distances are not exchangeable, and a form chosen on smaller runs can bend away at
+larger ones in ways no cut saw, so coverage is approximate; beyond the largest distance the backtests
+reached the scale is an extrapolation, which a plan says.
 """
 
 from __future__ import annotations
@@ -32,8 +39,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METHOD = ("split-conformal on the rolling-origin nested errors, normalised by s(d) = sigma + kappa d "
-          "(d: decades beyond the fitted runs)")
+METHOD = ("the union of split-conformal intervals on the rolling-origin nested errors, normalised by "
+          "s(d) = sigma + kappa d (d: decades beyond the fitted runs), and the bootstrap's predictive interval "
+          "(bootstrap laws plus the fitted runs' residuals)")
+
+
+def bootstrap_interval(draws, residuals: np.ndarray, N, D, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(interval, parameter-only interval), each (runs, 2), at `level` for new runs at (N, D): quantiles
+    of exp(log L*_b + r_j) over all pairs (b, j) of the bootstrap laws `draws` (a law of (B, 1) arrays)
+    and the log residuals, and of exp(log L*_b) alone."""
+    tails = np.array([(1 - level) / 2, (1 + level) / 2])
+    N, D = np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))
+    log_draws = np.log(draws.loss(N[None, :], D[None, :]))  # (B, m)
+    parameter = np.exp(np.quantile(log_draws, tails, axis=0).T)
+    both = np.empty((log_draws.shape[1], 2))
+    for i in range(log_draws.shape[1]):
+        both[i] = np.exp(np.quantile((log_draws[:, i, None] + residuals[None, :]).ravel(), tails))
+    return both, parameter
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,7 @@ class Calibration:
         return (float(z[lower - 1]) if lower >= 1 else -math.inf, float(z[upper - 1]) if upper <= n else math.inf)
 
     def interval(self, loss, distance, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """(low, high) losses for predictions `loss` at `distance` decades beyond the fitted runs."""
+        """(low, high) conformal losses for predictions `loss` at `distance` decades beyond the fitted runs."""
         q_low, q_high = self.quantiles(level)
         s = self.scale(distance)
         with np.errstate(over="ignore"):

@@ -17,7 +17,7 @@ import numpy as np
 
 from blueberry.errors import UserError
 from blueberry.scaling.calibrate import METHOD as CALIBRATION_METHOD
-from blueberry.scaling.calibrate import Calibration, calibrate
+from blueberry.scaling.calibrate import Calibration, bootstrap_interval, calibrate
 from blueberry.scaling.fit import Bootstrap, LawFit, ScalingPoints, bootstrap_fit, fit_form, resamples
 from blueberry.scaling.forms import FORMS, form_named
 from blueberry.scaling.law import DataRange, StackedLaw, law_of
@@ -41,6 +41,7 @@ class Predictor:
     source: str
     choice: str  # how the law was chosen, for a reader
     weights: dict[str, float]
+    residuals: np.ndarray | None = None  # the fitted runs' log residuals: one run's scatter about the law
 
     def distance(self, N, D):
         return self.data_range.distance(N, D) if self.data_range is not None else None
@@ -55,16 +56,30 @@ class Predictor:
         return low, high
 
     def interval(self, N, D, level: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """The calibrated interval at (N, D): the one the backtests measured at its distance."""
-        if self.calibration is None or self.data_range is None:
+        """The calibrated interval at (N, D): the union of the one the backtests measured at its distance
+        and the bootstrap's predictive interval (`blueberry.scaling.calibrate`); either alone where the
+        other is missing, None where both are."""
+        parts = []
+        if self.calibration is not None and self.data_range is not None:
+            parts.append(self.calibration.interval(self.law.loss(N, D), self.distance(N, D), level))
+        if self.draws is not None and self.residuals is not None:
+            both, _ = bootstrap_interval(self.draws, self.residuals, N, D, level)
+            parts.append((both[:, 0].reshape(np.shape(N)), both[:, 1].reshape(np.shape(N))))
+        if not parts:
             return None
-        return self.calibration.interval(self.law.loss(N, D), self.distance(N, D), level)
+        return (np.minimum.reduce([p[0] for p in parts]), np.maximum.reduce([p[1] for p in parts]))
 
     def loss_draws(self, N: float, D: float) -> np.ndarray | None:
-        """The predicted loss's distribution: calibrated where the backtests allow, else the bootstrap's."""
+        """One loss's predictive distribution as draws: the conformal draws L_hat exp(s(d) z_i) and the
+        bootstrap's log L*_b + r_j, pooled (either alone where the other is missing)."""
+        parts = []
         if self.calibration is not None and self.data_range is not None:
-            return self.calibration.draws(float(self.law.loss(N, D)), float(self.distance(N, D)))
-        return None if self.draws is None else np.asarray(self.draws.loss(N, D), np.float64).ravel()
+            parts.append(self.calibration.draws(float(self.law.loss(N, D)), float(self.distance(N, D))))
+        if self.draws is not None:
+            log_draws = np.log(np.asarray(self.draws.loss(N, D), np.float64).ravel())
+            residuals = self.residuals if self.residuals is not None else np.zeros(1)
+            parts.append(np.exp((log_draws[:, None] + residuals[None, :]).ravel()))
+        return np.concatenate(parts) if parts else None
 
 
 @dataclass(frozen=True)
@@ -113,7 +128,7 @@ class ChosenLaw:
 
     def predictor(self, source: str) -> Predictor:
         return Predictor(self.law, self.draws(), self.calibration, self.data_range, source, self.choice_text(),
-                         dict(self.weights))
+                         dict(self.weights), self.residuals)
 
 
 def choose_law(points: ScalingPoints, *, force: str | None = None, forms: tuple[str, ...] | None = None,
@@ -189,7 +204,7 @@ def chosen_payload(chosen: ChosenLaw, source: str | None) -> dict[str, object]:
         entry["bootstrap_samples"] = {k: v.tolist() for k, v in boot.samples.items()} if boot else None
         forms[name] = entry
     stack: dict[str, object] = {"weights": chosen.weights, "method": chosen.method,
-                                "residual_mean_abs": float(np.mean(np.abs(chosen.residuals)))}
+                                "residuals": chosen.residuals.tolist()}
     if chosen.stack_nested is not None:
         first = next(r.nested for r in chosen.results.values() if r.nested is not None)
         stack["by_distance"] = by_distance(first.distance, chosen.stack_nested)

@@ -243,6 +243,7 @@ def fit_law_reference_grid(points: ScalingPoints, delta: float = HUBER_DELTA) ->
 @dataclass(frozen=True)
 class Bootstrap:
     samples: dict[str, np.ndarray]  # each parameter and derived quantity, one value per refit
+    resamples: np.ndarray | None = None  # which resamples the refits come from (a failed one is left out)
 
     def summary(self, name: str, estimate: float, level: float = 0.95) -> dict[str, object]:
         values = self.samples[name]
@@ -250,9 +251,13 @@ class Bootstrap:
         return {"estimate": estimate, "se": float(np.std(values, ddof=1)),
                 "ci": [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]}
 
-    def parameters(self, form: LawForm) -> dict[str, np.ndarray]:
-        """The draws of the form's own parameters: a law built from them evaluates every draw at once."""
-        return {name: self.samples[name] for name in form.parameters}
+    def parameters(self, form: LawForm, resamples: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The draws of the form's own parameters (those of `resamples` only, when given): a law built from
+        them evaluates every draw at once."""
+        if resamples is None:
+            return {name: self.samples[name] for name in form.parameters}
+        rows = np.searchsorted(self.resamples, resamples)
+        return {name: self.samples[name][rows] for name in form.parameters}
 
 
 def resamples(runs: int, n: int, seed: int) -> np.ndarray:
@@ -264,7 +269,8 @@ def resamples(runs: int, n: int, seed: int) -> np.ndarray:
 def bootstrap_fit(points: ScalingPoints, fit: LawFit, n: int, seed: int = 0, delta: float = HUBER_DELTA,
                   indices: np.ndarray | None = None) -> Bootstrap:
     """Refit `fit`'s form on `n` resamples of the runs (or the rows of `indices`), all at once, each from
-    two starts: the full-data optimum and the full data's best projection start."""
+    two starts: the full-data optimum and the full data's best projection start. A resample no start
+    turns into a valid law is left out (a `UserError` if that is half of them or more)."""
     form = FORMS[fit.form]
     indices = resamples(len(points), n, seed) if indices is None else indices
     logN, logD, logL = (np.log(x)[indices] for x in (points.N, points.D, points.loss))
@@ -275,15 +281,18 @@ def bootstrap_fit(points: ScalingPoints, fit: LawFit, n: int, seed: int = 0, del
                                          np.tile(logD, (len(starts), 1)), np.tile(logL, (len(starts), 1)), delta)
     valid = (np.array([form.valid(t) for t in thetas]) & np.isfinite(values)).reshape(len(starts), count)
     values = np.where(valid, values.reshape(len(starts), count), np.inf)
-    if not np.all(np.isfinite(values.min(axis=0))):
+    # A resample can lack what the form needs (too few distinct sizes left): it is dropped, as long as
+    # most refits stand.
+    kept = np.isfinite(values.min(axis=0))
+    if kept.mean() < 0.5:
         raise _no_valid_law(form)
-    best = thetas.reshape(len(starts), count, -1)[values.argmin(axis=0), np.arange(count)]
+    best = thetas.reshape(len(starts), count, -1)[values.argmin(axis=0), np.arange(count)][kept]
     samples: dict[str, list[float]] = {}
     for theta in best:
         refit = form.law(theta)
         for key, value in (refit.to_dict() | refit.derived()).items():
             samples.setdefault(key, []).append(value)
-    return Bootstrap({k: np.array(v) for k, v in samples.items()})
+    return Bootstrap({k: np.array(v) for k, v in samples.items()}, np.flatnonzero(kept))
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,15 @@ def read_law_file(path: Path) -> Predictor:
         raise UserError(f"{path}: the forms' bootstrap_samples differ in length: {REFIT}")
     draws = None if any(d is None for d in draw_laws) else StackedLaw(tuple(draw_laws), tuple(weights.values()))
     choice = ", ".join(f"{k} {v:.2f}" for k, v in weights.items())
-    stack = raw.get("stack") if isinstance(raw.get("stack"), dict) else {}
+    stack = raw["stack"]
     method = stack.get("method") if isinstance(stack.get("method"), str) else "as recorded"
+    residuals = stack.get("residuals")
+    if residuals is not None and not (isinstance(residuals, list) and residuals
+                                      and all(_is_number(r) and math.isfinite(r) for r in residuals)):
+        raise UserError(f"{path}: stack.residuals must be a list of finite numbers (got {residuals!r:.60}): {REFIT}")
     return Predictor(StackedLaw(tuple(laws), tuple(weights.values())), draws, _calibration(raw.get("calibration"), path),
-                     data_range, f"the fit in {path} (of {source})", f"{choice} ({method})", weights)
+                     data_range, f"the fit in {path} (of {source})", f"{choice} ({method})", weights,
+                     None if residuals is None else np.array(residuals, np.float64))
 
 
 EPOCH_SOURCE = "Chinchilla's law (Hoffmann et al. 2022 runs, Epoch AI 2024 refit), not fitted to the lab's runs"

@@ -20,6 +20,7 @@ from blueberry.errors import UserError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import count_params
 from blueberry.scaling.calibrate import Calibration
+from blueberry.scaling.choice import Predictor
 from blueberry.scaling.datasets import CORPORA, GPU_PRICES, Corpus
 from blueberry.scaling.downstream import SigmoidFit, predict_accuracy, quantiles
 from blueberry.scaling.hparams import HparamLaws, deepseek_laws
@@ -320,12 +321,14 @@ def make_plan(law, target: Target, samples=None, hparams: HparamLaws | None = No
               vocab_size: int = DEFAULT_VOCAB, architecture: ModelConfig | None = None, *,
               law_source: str = "the law given", data_range: DataRange | None = None,
               downstream: tuple[SigmoidFit, dict[str, str]] | None = None, accuracy_goal: float | None = None,
-              calibration: Calibration | None = None, level: float = 0.8, choice: str | None = None) -> Plan:
+              calibration: Calibration | None = None, residuals: np.ndarray | None = None, level: float = 0.8,
+              choice: str | None = None) -> Plan:
     """The plan for `target` under `law` (any law of `blueberry.scaling.law`, a stack included).
     `samples` (bootstrap draws: a law of (draws, 1) arrays, or a dict of a single-form law's parameters)
-    give the parameters' 95% interval; `calibration` with `data_range` (the runs the law was fitted on) the
-    interval at `level` that the backtests measured at the plan's distance, and the extrapolation
-    warnings; `downstream` (a fitted accuracy-loss sigmoid and its labels) the accuracy it predicts from
+    give the parameters' 95% interval; `calibration` with `data_range` (the runs the law was fitted on) and
+    `residuals` (the fitted runs' log residuals) the calibrated interval at `level` (`Predictor.interval`:
+    what the backtests measured at the plan's distance, and no narrower than the bootstrap's), and the
+    extrapolation warnings; `downstream` (a fitted accuracy-loss sigmoid and its labels) the accuracy it predicts from
     the calibrated loss (the bootstrap's where uncalibrated) and, with `accuracy_goal`, the compute at
     which a compute-optimal model reaches that accuracy; `choice` says how the law was chosen."""
     peak = gpu_peak_flops(target.gpu)
@@ -361,10 +364,9 @@ def make_plan(law, target: Target, samples=None, hparams: HparamLaws | None = No
                         "finite number: the fit is degenerate (check that loss falls with N and D, and the runs' "
                         "units), or choose another form with --form")
     distance = float(data_range.distance(N, D)) if data_range is not None else None
-    calibrated = None
-    if calibration is not None and distance is not None:
-        low, high = calibration.interval(loss, distance, level)
-        calibrated = (float(low), float(high))
+    predictor = Predictor(law, draws, calibration, data_range, law_source, choice or "", {}, residuals)
+    interval = predictor.interval(N, D, level) if calibration is not None else None
+    calibrated = None if interval is None else (float(interval[0]), float(interval[1]))
     price, price_source = target.price_per_gpu_hour, "--price-per-gpu-hour"
     if price is None and target.gpu.lower() in GPU_PRICES:
         price, price_source = GPU_PRICES[target.gpu.lower()].dollars, GPU_PRICES[target.gpu.lower()].source
@@ -383,7 +385,7 @@ def make_plan(law, target: Target, samples=None, hparams: HparamLaws | None = No
         laws, source = deepseek_laws(), ("DeepSeek LLM (2024) AdamW laws, not fitted for Muon: fit the lab's own "
                                          "with `blueberry-scale hparams`")
     arch = architecture if architecture is not None else architecture_for(N, vocab_size)
-    loss_draws = (calibration.draws(loss, distance) if calibrated is not None else _loss_draws(draws, N, D))
+    loss_draws = predictor.loss_draws(N, D)
     return Plan(
         N=N, D=D, C=C, loss=loss, loss_ci=loss_ci, optimal_N=optimal_N, optimal_D=optimal_D,
         optimal_loss=float(law.loss(optimal_N, optimal_D)),
@@ -425,7 +427,7 @@ def plan_text(plan: Plan) -> str:
         low, high = plan.loss_interval
         lines.append(f"  predicted loss   {plan.loss:.4f}  ({plan.level:.0%} interval {low:.3f} to {high:.3f}, "
                      f"{100 * (low / plan.loss - 1):+.1f}% to {100 * (high / plan.loss - 1):+.1f}%: calibrated by the "
-                     f"backtests at the plan's distance)")
+                     f"backtests at the plan's distance, no narrower than the bootstrap's)")
     else:
         lines.append(f"  predicted loss   {plan.loss:.4f}  (no calibrated interval: "
                      + ("the law carries no backtests" if plan.data_range is not None else "the law records no runs")

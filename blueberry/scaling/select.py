@@ -32,6 +32,9 @@ from blueberry.scaling.law import DataRange
 
 CUT_FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9)
 CUT_BY = ("N", "compute")
+# Each axis's term (a coefficient and an exponent) shares the irreducible loss with the other's: two sizes
+# cannot pin down three numbers, and a fit of them extrapolates wildly, which would blame the form.
+MIN_DISTINCT = 3
 WEIGHT_FLOOR = 1e-4  # stacking weights below this are dropped (and the rest renormalised)
 
 
@@ -52,13 +55,15 @@ class Cut:
 
 def rolling_cuts(points: ScalingPoints, by: str, min_fit: int) -> list[Cut]:
     """The rolling origins: one per fraction of `CUT_FRACTIONS` (duplicates merged), each leaving at least
-    `min_fit` runs to fit and at least one to predict."""
+    `min_fit` runs to fit, with at least `MIN_DISTINCT` distinct N and D among them, and at least one run to
+    predict."""
     x = axis(points, by)
     levels = np.unique(x)
     below = np.searchsorted(np.sort(x), levels, side="left")  # runs strictly below each level
+    distinct = np.array([min(len(np.unique(points.N[x < v])), len(np.unique(points.D[x < v]))) for v in levels])
     cuts, seen = [], set()
     for fraction in CUT_FRACTIONS:
-        ok = (below <= fraction * len(x)) & (below >= min_fit) & (below < len(x))
+        ok = (below <= fraction * len(x)) & (below >= min_fit) & (below < len(x)) & (distinct >= MIN_DISTINCT)
         if not ok.any():
             continue
         value = float(levels[ok].max())
