@@ -70,7 +70,7 @@ def test_noiseless_prediction_has_no_spread():
 def test_frontier_compute_for_loss_lands_on_the_loss():
     law = Law(E=1.69, A=406.4, B=1410.7, alpha=0.34, beta=0.28)
     params = {k: np.full(3, getattr(law, k)) for k in ("E", "A", "B", "alpha", "beta")}
-    C = frontier_compute_for_loss(params, np.array([3.0, 2.5, 1.6]))
+    C = frontier_compute_for_loss(Law(**params), np.array([3.0, 2.5, 1.6]))
     for c, target in zip(C[:2], (3.0, 2.5)):
         assert law.loss(*law.compute_optimal(c)) == pytest.approx(target, rel=1e-12)
     assert C[2] == np.inf  # below E: no model reaches it

@@ -188,7 +188,7 @@ class Backtest:
 
 
 def run_backtest(points: ScalingPoints, holdout: Holdout, level: float = 0.8, bootstrap: int = 200,
-                 seed: int = 0, force: str | None = None) -> Backtest:
+                 seed: int = 0, force: str | None = None, weighting: str = "inverse-error") -> Backtest:
     """Hold out what `holdout` says, choose and calibrate the law on the rest (`choose_law`, cut by the
     hold-out's quantity), predict the held-out runs with intervals at `level`."""
     if not 0 < level < 1:
@@ -197,7 +197,7 @@ def run_backtest(points: ScalingPoints, holdout: Holdout, level: float = 0.8, bo
         raise UserError(f"--bootstrap must be 0 (no bootstrap intervals) or at least 2, got {bootstrap}")
     held_mask = holdout.mask(points)
     fitted, held = points.take(np.flatnonzero(~held_mask)), points.take(np.flatnonzero(held_mask))
-    chosen = choose_law(fitted, force=force, cut_by=holdout.by, bootstrap=bootstrap, seed=seed)
+    chosen = choose_law(fitted, force=force, cut_by=holdout.by, bootstrap=bootstrap, seed=seed, weighting=weighting)
     predictor = chosen.predictor("the fitted runs")
     predicted = np.asarray(chosen.law.loss(held.N, held.D))
     distance = chosen.data_range.distance(held.N, held.D)

@@ -21,11 +21,12 @@ from blueberry.scaling.calibrate import Calibration, bootstrap_interval, calibra
 from blueberry.scaling.fit import Bootstrap, LawFit, ScalingPoints, bootstrap_fit, fit_form, resamples
 from blueberry.scaling.forms import FORMS, form_named
 from blueberry.scaling.law import DataRange, StackedLaw, law_of
-from blueberry.scaling.select import (Cut, Nested, by_distance, nested_predictions, rolling_cuts, stack_weights,
+from blueberry.scaling.select import (WEIGHTINGS, Cut, Nested, by_distance, nested_predictions, rolling_cuts,
                                       stacked_log_predictions)
 
 FALLBACK_FORM = "chinchilla"
-STACKING = "stacking on the rolling-origin nested errors (mean |log error|, each cut equal)"
+WEIGHTING_TEXT = {"inverse-error": "weights proportional to 1 / (nested mean |log error|)^2",
+                  "stacking": "stacking on the nested errors", "best": "the form of the lowest nested error"}
 PARAMETER_LEVEL = 0.95  # the bootstrap's intervals, for parameters and for a plan's parameter-only interval
 
 
@@ -94,6 +95,7 @@ class ChosenLaw:
     results: dict[str, FormResult]
     weights: dict[str, float]  # the forms with weight, by name
     forced: str | None
+    weighting: str  # a key of `WEIGHTINGS`
     cut_by: str
     cuts: tuple[Cut, ...]  # the rolling origins kept
     calibration: Calibration | None
@@ -110,7 +112,11 @@ class ChosenLaw:
     def method(self) -> str:
         if self.forced is not None:
             return f"forced with --form {self.forced}"
-        return STACKING if self.cuts else f"too few runs for a rolling origin: the {FALLBACK_FORM} form by default"
+        if self.cuts:
+            return WEIGHTING_TEXT[self.weighting]
+        default = (f"the {FALLBACK_FORM} form by default" if FALLBACK_FORM in self.weights
+                   else f"the first form that fits, {next(iter(self.weights))} ({FALLBACK_FORM} did not)")
+        return f"too few runs for a rolling origin: {default}"
 
     def draws(self) -> StackedLaw | None:
         """The stack of every chosen form's bootstrap laws (draw b of each from one resample), with each
@@ -132,10 +138,11 @@ class ChosenLaw:
 
 
 def choose_law(points: ScalingPoints, *, force: str | None = None, forms: tuple[str, ...] | None = None,
-               cut_by: str = "N", bootstrap: int = 200, seed: int = 0) -> ChosenLaw:
+               cut_by: str = "N", bootstrap: int = 200, seed: int = 0, weighting: str = "inverse-error") -> ChosenLaw:
     """Fit every form to `points`, backtest each at rolling origins inside them, weight the forms by
-    stacking (or give `force` weight 1), calibrate intervals on the stack's nested errors, and bootstrap
-    the forms with weight (`bootstrap` refits on shared resamples; 0 for none)."""
+    `weighting` (a key of `WEIGHTINGS`; or give `force` weight 1), calibrate intervals on the weighted
+    law's nested errors, and bootstrap the forms with weight (`bootstrap` refits on shared resamples; 0
+    for none)."""
     names = list(forms or FORMS)
     if force is not None:
         form_named(force)
@@ -159,7 +166,7 @@ def choose_law(points: ScalingPoints, *, force: str | None = None, forms: tuple[
     if force is not None:
         weights = {force: 1.0}
     elif nested:
-        weights = stack_weights(nested)
+        weights = WEIGHTINGS[weighting](nested)
     else:
         fallback = FALLBACK_FORM if FALLBACK_FORM in results else names[0]
         weights = {fallback: 1.0}
@@ -175,7 +182,8 @@ def choose_law(points: ScalingPoints, *, force: str | None = None, forms: tuple[
         indices = resamples(len(points), bootstrap, seed)
         boots = {n: bootstrap_fit(points, results[n], bootstrap, indices=indices) for n in weights}
     return ChosenLaw(results={n: FormResult(results[n], nested.get(n), boots.get(n)) for n in names},
-                     weights=weights, forced=force, cut_by=cut_by, cuts=cuts, calibration=calibration,
+                     weights=weights, forced=force, weighting=weighting, cut_by=cut_by, cuts=cuts,
+                     calibration=calibration,
                      data_range=DataRange.of(points.N, points.D), residuals=residuals, stack_nested=stack_nested,
                      dropped=dropped)
 
@@ -213,7 +221,7 @@ def chosen_payload(chosen: ChosenLaw, source: str | None) -> dict[str, object]:
             "data_range": chosen.data_range.to_dict(), "forced": chosen.forced,
             "selection": {"cut_by": chosen.cut_by, "cuts": [{"value": c.value, "fitted_runs": len(c.fitted),
                                                              "predicted_runs": len(c.held)} for c in chosen.cuts],
-                          "stacking": STACKING},
+                          "weighting": chosen.weighting},
             "stack": stack, "forms": forms, "dropped": chosen.dropped,
             "calibration": chosen.calibration.to_dict() if chosen.calibration is not None else None,
             "calibration_method": CALIBRATION_METHOD}
