@@ -174,22 +174,27 @@ def write_csv(path, rows):
 def test_cli_fit_json_plot_and_plan_from_it(tmp_path, capsys):
     points = synthetic_points(noise=0.003)
     write_csv(tmp_path / "runs.csv", [{"N": n, "D": d, "loss": l} for n, d, l in zip(points.N, points.D, points.loss)])
-    law_file, png = tmp_path / "law.json", tmp_path / "law.png"
+    law_file, png, selection = tmp_path / "law.json", tmp_path / "law.png", tmp_path / "selection.png"
     assert scale_cli.main(["fit", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "30", "--json", str(law_file),
-                           "--plot", str(png)]) == 0
+                           "--plot", str(png), "--plot-selection", str(selection)]) == 0
     assert "weights:" in capsys.readouterr().out
     payload = json.loads(law_file.read_text())
     for name, weight in payload["stack"]["weights"].items():  # every form with weight was bootstrapped
         parameters = payload["forms"][name]["parameters"]
         assert payload["forms"][name]["weight"] == weight and parameters
         assert all(p["ci"][0] <= p["ci"][1] for p in parameters.values())
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["law.json", "law.png", "runs.csv"]  # no temporary files left
+    assert png.read_bytes()[:4] == b"\x89PNG" and selection.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["law.json", "law.png", "runs.csv", "selection.png"]
     plan_png = tmp_path / "plan.svg"
     assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9", "--json", "-",
                            "--plot", str(plan_png)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["loss_ci"][0] <= plan["loss"] <= plan["loss_ci"][1]
+    assert plan["loss_interval"][0] <= plan["loss"] <= plan["loss_interval"][1] and plan["distance"] > 0
+    assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9"]) == 0
+    text = capsys.readouterr().out
+    assert "law form" in text and "80% interval" in text and "beyond the law's runs" in text
+    assert "the backtests predicted up to" in text
     assert b"<svg" in plan_png.read_bytes()[:500]  # the format follows the extension
 
 

@@ -36,8 +36,9 @@ from blueberry.scaling.fit import ScalingPoints, bootstrap_fit, fit_law, huber_o
 from blueberry.scaling.runs import chinchilla_points
 from blueberry.scaling.select import WEIGHTINGS
 
-INNER_HOLDOUTS = (Holdout("N", threshold=2e8), Holdout("N", threshold=3e8), Holdout("N", threshold=5e8),
-                  Holdout("compute", fraction=0.2), Holdout("compute", fraction=0.35))
+INNER_HOLDOUTS = {"N >= 2e8": Holdout("N", threshold=2e8), "N >= 3e8": Holdout("N", threshold=3e8),
+                  "N >= 5e8": Holdout("N", threshold=5e8), "top 20% of C": Holdout("compute", fraction=0.2),
+                  "top 35% of C": Holdout("compute", fraction=0.35)}
 
 
 def plain_scipy_fit(points: ScalingPoints) -> tuple[np.ndarray, float]:
@@ -55,18 +56,20 @@ def plain_scipy_fit(points: ScalingPoints) -> tuple[np.ndarray, float]:
 
 
 def inner(points: ScalingPoints, bootstrap: int) -> None:
-    """Each weighting's held-out error and calibrated coverage on hold-outs inside the runs below 1B."""
+    """Each weighting's held-out error and coverage (calibrated, and each part of the calibrated interval
+    alone) on hold-outs inside the runs below 1B."""
     below = points.take(np.flatnonzero(points.N < 1e9))
-    print(f"{len(below)} runs below 1B; five hold-outs inside them, 80% intervals")
-    print(f"{'weighting':15}" + "".join(f"{h.describe[:26]:>28}" for h in INNER_HOLDOUTS) + f"{'mean':>16}")
+    print(f"{len(below)} runs below 1B; five hold-outs inside them; mean |log error| and 80% coverage")
+    print(f"{'weighting':14}" + "".join(f"{label:>16}" for label in INNER_HOLDOUTS)
+          + f"{'mean':>16}   parts alone (mean coverage): backtest errors, bootstrap + residuals")
     for weighting in WEIGHTINGS:
-        errors, coverage = [], []
-        for holdout in INNER_HOLDOUTS:
-            result = run_backtest(below, holdout, bootstrap=bootstrap, weighting=weighting)
-            errors.append(result.mean_abs_log_error)
-            coverage.append(result.coverage)
-        print(f"{weighting:15}" + "".join(f"{e:>14.4f} {c:>6.1%}      " for e, c in zip(errors, coverage))
-              + f"{np.mean(errors):>9.4f} {np.mean(coverage):>6.1%}")
+        rows = [run_backtest(below, holdout, bootstrap=bootstrap, weighting=weighting)
+                for holdout in INNER_HOLDOUTS.values()]
+        errors = [r.mean_abs_log_error for r in rows]
+        coverage = [r.coverage for r in rows]
+        print(f"{weighting:14}" + "".join(f"{e:>9.4f} {c:>6.1%}" for e, c in zip(errors, coverage))
+              + f"{np.mean(errors):>9.4f} {np.mean(coverage):>6.1%}   "
+              f"{np.mean([r.conformal_coverage for r in rows]):.1%}, {np.mean([r.bootstrap_coverage for r in rows]):.1%}")
 
 
 def calibration(points: ScalingPoints, copies: int, bootstrap: int) -> None:

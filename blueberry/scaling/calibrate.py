@@ -77,6 +77,10 @@ class Calibration:
         lower = math.floor((n + 1) * (1 - level) / 2)
         return (float(z[lower - 1]) if lower >= 1 else -math.inf, float(z[upper - 1]) if upper <= n else math.inf)
 
+    def bounded(self, level: float) -> bool:
+        """Whether there are enough nested errors for a finite interval at `level`."""
+        return all(math.isfinite(q) for q in self.quantiles(level))
+
     def interval(self, loss, distance, level: float) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) conformal losses for predictions `loss` at `distance` decades beyond the fitted runs."""
         q_low, q_high = self.quantiles(level)

@@ -11,6 +11,7 @@ used with uncalibrated intervals, and the reports say so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,7 @@ class Predictor:
         and the bootstrap's predictive interval (`blueberry.scaling.calibrate`); either alone where the
         other is missing, None where both are."""
         parts = []
-        if self.calibration is not None and self.data_range is not None:
+        if self.calibration is not None and self.data_range is not None and self.calibration.bounded(level):
             parts.append(self.calibration.interval(self.law.loss(N, D), self.distance(N, D), level))
         if self.draws is not None and self.residuals is not None:
             both, _ = bootstrap_interval(self.draws, self.residuals, N, D, level)
@@ -230,6 +231,9 @@ def chosen_payload(chosen: ChosenLaw, source: str | None) -> dict[str, object]:
 def interval_rows(calibration: Calibration, level: float, distances=(0.0, 0.3, 0.6, 1.0)) -> list[str]:
     """The calibrated interval, as percentages of the prediction, at a few distances."""
     q_low, q_high = calibration.quantiles(level)
+    if not (math.isfinite(q_low) and math.isfinite(q_high)):
+        return [f"unbounded: {len(calibration.scores)} nested errors cannot bound a {level:.0%} interval (split-conformal "
+                f"needs at least {math.ceil((1 + level) / (1 - level))}); the bootstrap's interval stands alone"]
     rows = []
     for d in distances:
         s = calibration.scale(d)

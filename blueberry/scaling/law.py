@@ -213,7 +213,11 @@ class StackedLaw:
 
     @property
     def irreducible(self):
-        return np.exp(sum(w * np.log(np.maximum(law.irreducible, 1e-300)) for law, w in zip(self.laws, self.weights)))
+        """The loss as N and D grow without bound: prod_k E_k^w_k, 0 when a member has no floor (Kaplan's)."""
+        floors = [law.irreducible for law in self.laws]
+        if any(np.any(np.asarray(f) <= 0) for f in floors):
+            return 0.0
+        return np.exp(sum(w * np.log(f) for f, w in zip(floors, self.weights)))
 
     def compute_optimal(self, C):
         """Along C = 6ND each member's log loss falls up to its own optimum and rises after it, so the
@@ -257,7 +261,7 @@ class StackedLaw:
     def describe(self) -> str:
         if self.single is not None:
             return self.single.describe()
-        return " x ".join(f"({law.form})^{w:.2f}" for law, w in zip(self.laws, self.weights))
+        return "log L = " + " + ".join(f"{w:.2f} log L_{law.form}" for law, w in zip(self.laws, self.weights))
 
 
 def law_of(form: str, params: dict) -> object:

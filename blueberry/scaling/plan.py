@@ -365,7 +365,7 @@ def make_plan(law, target: Target, samples=None, hparams: HparamLaws | None = No
                         "units), or choose another form with --form")
     distance = float(data_range.distance(N, D)) if data_range is not None else None
     predictor = Predictor(law, draws, calibration, data_range, law_source, choice or "", {}, residuals)
-    interval = predictor.interval(N, D, level) if calibration is not None else None
+    interval = predictor.interval(N, D, level) if calibration is not None and calibration.bounded(level) else None
     calibrated = None if interval is None else (float(interval[0]), float(interval[1]))
     price, price_source = target.price_per_gpu_hour, "--price-per-gpu-hour"
     if price is None and target.gpu.lower() in GPU_PRICES:
@@ -429,15 +429,16 @@ def plan_text(plan: Plan) -> str:
                      f"{100 * (low / plan.loss - 1):+.1f}% to {100 * (high / plan.loss - 1):+.1f}%: calibrated by the "
                      f"backtests at the plan's distance, no narrower than the bootstrap's)")
     else:
-        lines.append(f"  predicted loss   {plan.loss:.4f}  (no calibrated interval: "
-                     + ("the law carries no backtests" if plan.data_range is not None else "the law records no runs")
-                     + ")")
+        why = ("the law records no runs" if plan.data_range is None else "the law carries no backtests"
+               if plan.backtest_reach is None else f"too few backtest errors for a {plan.level:.0%} interval")
+        lines.append(f"  predicted loss   {plan.loss:.4f}  (no calibrated interval: {why})")
     if plan.loss_ci:
         lines.append(f"                   parameters alone (bootstrap refits, 95%): {plan.loss_ci[0]:.3f} to "
                      f"{plan.loss_ci[1]:.3f}")
     if plan.distance is not None:
         reach = (f"; the backtests predicted up to {10 ** plan.backtest_reach:.3g}x beyond their fits"
-                 + (", so this interval's width is extrapolated" if plan.distance > plan.backtest_reach else "")
+                 + (", so this interval's width is extrapolated"
+                    if plan.distance > plan.backtest_reach and plan.loss_interval is not None else "")
                  if plan.backtest_reach is not None else "")
         lines.append(f"  distance         {10 ** plan.distance:.3g}x beyond the law's runs (in N, D or C, whichever "
                      f"is farthest){reach}")

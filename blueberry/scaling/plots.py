@@ -96,7 +96,7 @@ def law_figure(points: ScalingPoints | None, law, plan: Plan | None = None) -> F
         if plan.N / plan.optimal_N > 1.01 or plan.optimal_N / plan.N > 1.01:
             ax.plot([plan.C], [plan.optimal_loss], "o", ms=9, mfc="none", mec="tab:red", mew=1.8, zorder=5,
                     label=f"compute-optimal at the same C: N = {plan.optimal_N:.3g}, loss {plan.optimal_loss:.3f}")
-    low, high = min(losses + [floor]), max(losses)
+    low, high = min(losses + ([floor] if floor > 0 else [])), max(losses)
     span = high - low
     ax.set_ylim(low - 0.08 * span, high + 0.12 * span)
     ax.set_xlim(C[0], C[-1])
