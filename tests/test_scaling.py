@@ -175,7 +175,7 @@ def test_cli_fit_json_plot_and_plan_from_it(tmp_path, capsys):
     points = synthetic_points(noise=0.003)
     write_csv(tmp_path / "runs.csv", [{"N": n, "D": d, "loss": l} for n, d, l in zip(points.N, points.D, points.loss)])
     law_file, png, selection = tmp_path / "law.json", tmp_path / "law.png", tmp_path / "selection.png"
-    assert scale_cli.main(["fit", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "30", "--json", str(law_file),
+    assert scale_cli.main(["fit", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "10", "--json", str(law_file),
                            "--plot", str(png), "--plot-selection", str(selection)]) == 0
     assert "weights:" in capsys.readouterr().out
     payload = json.loads(law_file.read_text())

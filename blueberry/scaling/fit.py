@@ -172,8 +172,9 @@ def minimize_batched(form: LawForm, thetas: np.ndarray, logN: np.ndarray, logD: 
             ra, Ja = r[active], J[:, active]
             psi = np.clip(ra, -delta, delta)
             weight = np.where(np.abs(ra) <= delta, 1.0, delta / np.abs(ra))
-            gradient = np.einsum("kmn,mn->mk", Ja, psi)
-            H = np.einsum("kmn,mn,jmn->mkj", Ja, weight, Ja)
+            Jm = Ja.transpose(1, 0, 2)  # (m, k, n): batched matrix products go to BLAS
+            gradient = (Jm @ psi[:, :, None])[..., 0]
+            H = (Jm * weight[:, None, :]) @ Jm.transpose(0, 2, 1)
             damped = H + (lam[active, None, None] * np.diagonal(H, axis1=1, axis2=2)[:, :, None] + 1e-300) * eye
             ok = np.all(np.isfinite(damped), axis=(1, 2)) & (np.abs(np.linalg.det(damped)) > 0)
             step = np.zeros((len(active), k))
