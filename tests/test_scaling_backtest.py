@@ -108,7 +108,7 @@ def test_intervals_are_calibrated_where_the_law_holds():
     standard deviations (0.69 to 0.91)."""
     inside = []
     for seed in range(5):
-        result = run_backtest(grid(8, 8, 0.01, seed), Holdout("N", fraction=0.3), level=0.8, bootstrap=0, seed=seed)
+        result = run_backtest(grid(8, 8, 0.01, seed), Holdout("N", fraction=0.3), level=0.8, bootstrap=30, seed=seed)
         inside.extend(result.inside)
     sd = np.sqrt(0.8 * 0.2 / len(inside))
     assert len(inside) == 120 and abs(np.mean(inside) - 0.8) < 3 * sd, np.mean(inside)
