@@ -131,3 +131,14 @@ def test_a_law_of_arrays_evaluates_every_draw():
     losses = draws.loss(N, D)
     assert losses.shape == (2, 3)
     np.testing.assert_allclose(losses[1] - losses[0], 0.1, rtol=1e-12)
+
+
+def test_a_law_without_an_irreducible_loss_is_a_valid_fit():
+    """Runs early in training (the CPU scaling grid's) fit best with E at 0: log E runs off to -inf, which
+    must end in the law with E = 0, not in a refusal (before, both Chinchilla forms refused those runs)."""
+    truth = Law(E=0.0, A=21.0, B=12.7, alpha=0.24, beta=0.076)
+    N, D = (a.ravel() for a in np.meshgrid(np.logspace(5.5, 7, 6), np.logspace(4, 6, 5)))
+    fit = fit_form(ScalingPoints(N, D, truth.loss(N, D)), FORMS["chinchilla"])
+    assert fit.law.E < 1e-6
+    for name in ("A", "B", "alpha", "beta"):
+        assert getattr(fit.law, name) == pytest.approx(getattr(truth, name), rel=1e-4), name

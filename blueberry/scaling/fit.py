@@ -249,7 +249,9 @@ class Bootstrap:
     def summary(self, name: str, estimate: float, level: float = 0.95) -> dict[str, object]:
         values = self.samples[name]
         tail = (1 - level) / 2 * 100
-        return {"estimate": estimate, "se": float(np.std(values, ddof=1)),
+        with np.errstate(over="ignore"):  # a loosely determined coefficient's draws can square past float range
+            se = float(np.std(values, ddof=1))
+        return {"estimate": estimate, "se": se,
                 "ci": [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]}
 
     def parameters(self, form: LawForm, resamples: np.ndarray | None = None) -> dict[str, np.ndarray]:

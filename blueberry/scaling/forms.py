@@ -96,6 +96,11 @@ def _lse3(u0: np.ndarray, u1: np.ndarray, e: float) -> tuple[np.ndarray, np.ndar
     return top + np.log(total), w0 / total, w1 / total, w2 / total
 
 
+def _log_floor(E: float) -> float:
+    """log E, with E = 0 (a law without an irreducible loss) as a finite stand-in far below any loss."""
+    return float(np.log(E)) if E > 0 else -745.0
+
+
 def _positive_solutions(gram: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Solve many small normal equations at once: (solutions, ok) where ok marks the well-conditioned cells
     whose coefficients are all positive."""
@@ -125,10 +130,12 @@ class ChinchillaForm(LawForm):
         return Law(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha), beta=float(beta))
 
     def theta(self, law):
-        return np.array([np.log(law.E), np.log(law.A), np.log(law.B), law.alpha, law.beta])
+        return np.array([_log_floor(law.E), np.log(law.A), np.log(law.B), law.alpha, law.beta])
 
     def valid(self, theta):
-        return bool(np.all(np.isfinite(theta)) and np.all(np.abs(theta[:3]) < 700) and theta[3] > 0 and theta[4] > 0)
+        # log E may run off to -inf: an irreducible loss of 0 is a law (Kaplan's has none), A and B must stay.
+        return bool(np.all(np.isfinite(theta)) and theta[0] < 700 and np.all(np.abs(theta[1:3]) < 700)
+                    and theta[3] > 0 and theta[4] > 0)
 
     def _cells(self, logN, logD, logL):
         """For fixed (alpha, beta), E + A x + B y (x = N^-alpha, y = D^-beta) is linear; rows weighted by
@@ -176,10 +183,11 @@ class SharedExponentForm(LawForm):
         return SharedExponentLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), gamma=float(gamma))
 
     def theta(self, law):
-        return np.array([np.log(law.E), np.log(law.A), np.log(law.B), law.gamma])
+        return np.array([_log_floor(law.E), np.log(law.A), np.log(law.B), law.gamma])
 
     def valid(self, theta):
-        return bool(np.all(np.isfinite(theta)) and np.all(np.abs(theta[:3]) < 700) and theta[3] > 0)
+        return bool(np.all(np.isfinite(theta)) and theta[0] < 700 and np.all(np.abs(theta[1:3]) < 700)
+                    and theta[3] > 0)
 
     def _cells(self, logN, logD, logL):
         v = np.exp(-logL)
