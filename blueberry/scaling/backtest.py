@@ -202,7 +202,7 @@ def run_backtest(points: ScalingPoints, holdout: Holdout, level: float = 0.8, bo
     predicted = np.asarray(chosen.law.loss(held.N, held.D))
     distance = chosen.data_range.distance(held.N, held.D)
     calibrated = predictor.interval(held.N, held.D, level)
-    conformal = (None if chosen.calibration is None
+    conformal = (None if chosen.calibration is None or not chosen.calibration.bounded(level)
                  else np.column_stack(chosen.calibration.interval(predicted, distance, level)))
     both = parameter = None
     if predictor.draws is not None:

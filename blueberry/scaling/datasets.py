@@ -4,7 +4,10 @@ Scaling runs named on the command line (`--csv chinchilla`): the 245 training ru
 (2022), Figure 4, as Epoch AI extracted them from the paper's SVG for their replication (Besiroglu
 et al., 2024, "Chinchilla Scaling: A replication attempt"): model size, training FLOPs and final loss
 per run. It is what `blueberry-scale fit` is checked against (`tests/test_scaling.py` reproduces Epoch
-AI's refit).
+AI's refit). `--csv cpu-grid`: the 18 runs of the project's own CPU scaling grid
+(`python studies/scaling_grid.py --smoke --shapes 32x1 64x2 96x3 128x4 192x5 256x6`: six tiny-model shapes,
+0.27M to 6.4M parameters, at 2e11, 5e11 and 1.2e12 FLOP), their final validation loss read from MLflow, so
+the selection on them can be rerun without training them again.
 
 GPU prices a plan costs with when `--price-per-gpu-hour` is not given (`GPU_PRICES`): on-demand list prices
 for one GPU-hour from public price surveys, each with its source and date. Prices move and differ by two
@@ -37,6 +40,9 @@ class NamedDataset:
 NAMED = {
     "chinchilla": NamedDataset(DATA_DIR / "chinchilla.csv", params_col="Model Size", flops_col="Training FLOP",
                                loss_col="loss", description="Hoffmann et al. (2022) runs, extracted by Epoch AI"),
+    "cpu-grid": NamedDataset(DATA_DIR / "cpu_grid.csv", params_col="N", tokens_col="D", loss_col="loss",
+                             description="the project's CPU scaling grid, studies/scaling_grid.py --smoke on 6 "
+                                         "shapes, 2026-12-05"),
 }
 
 
