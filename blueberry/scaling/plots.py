@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -214,7 +215,10 @@ def selection_figure(chosen, level: float, title: str) -> Figure:
         if len(chosen.weights) > 1:
             ax.scatter(10 ** first.distance, 100 * (np.exp(chosen.stack_nested) - 1), s=18, marker="x",
                        color="black", linewidth=0.8, label="the stack")
-    if chosen.calibration is not None:
+    if chosen.calibration is not None and not chosen.calibration.bounded(level):
+        ax.plot([], [], " ", label=f"no calibrated {level:.0%} interval: {len(chosen.calibration.scores)} nested errors "
+                                   "are too few")
+    elif chosen.calibration is not None:
         c = chosen.calibration
         reach = max(c.max_distance, 0.05)
         d = np.linspace(0, reach * 1.5, 200)
@@ -230,7 +234,7 @@ def selection_figure(chosen, level: float, title: str) -> Figure:
     ax.set_xscale("log")
     ax.set_xlabel("distance beyond the cut's fitted runs (x the largest N, D or C)")
     ax.set_ylabel("nested error: observed / predicted - 1 (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 110), fontsize=10)
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
