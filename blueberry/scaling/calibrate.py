@@ -50,7 +50,8 @@ def bootstrap_interval(draws, residuals: np.ndarray, N, D, level: float) -> tupl
     and the log residuals, and of exp(log L*_b) alone."""
     tails = np.array([(1 - level) / 2, (1 + level) / 2])
     N, D = np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))
-    log_draws = np.log(draws.loss(N[None, :], D[None, :]))  # (B, m)
+    with np.errstate(over="ignore"):  # a far-off draw's N^alpha may overflow: its term is then 0
+        log_draws = np.log(draws.loss(N[None, :], D[None, :]))  # (B, m)
     parameter = np.exp(np.quantile(log_draws, tails, axis=0).T)
     both = np.empty((log_draws.shape[1], 2))
     for i in range(log_draws.shape[1]):

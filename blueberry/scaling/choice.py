@@ -78,7 +78,8 @@ class Predictor:
         if self.calibration is not None and self.data_range is not None:
             parts.append(self.calibration.draws(float(self.law.loss(N, D)), float(self.distance(N, D))))
         if self.draws is not None:
-            log_draws = np.log(np.asarray(self.draws.loss(N, D), np.float64).ravel())
+            with np.errstate(over="ignore"):
+                log_draws = np.log(np.asarray(self.draws.loss(N, D), np.float64).ravel())
             residuals = self.residuals if self.residuals is not None else np.zeros(1)
             parts.append(np.exp((log_draws[:, None] + residuals[None, :]).ravel()))
         return np.concatenate(parts) if parts else None

@@ -263,7 +263,10 @@ def draws_law(law, samples):
 
 
 def _loss_draws(draws, N: float, D: float) -> np.ndarray | None:
-    return None if draws is None else np.asarray(draws.loss(N, D), np.float64).ravel()
+    if draws is None:
+        return None
+    with np.errstate(over="ignore"):  # a far-off draw's N^alpha may overflow: its term is then 0, as it should be
+        return np.asarray(draws.loss(N, D), np.float64).ravel()
 
 
 def _loss_interval(draws, N: float, D: float) -> tuple[float, float] | None:
