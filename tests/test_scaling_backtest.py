@@ -12,7 +12,7 @@ import pytest
 from blueberry.cli import scale as scale_cli
 from blueberry.errors import UserError
 from blueberry.scaling.backtest import Holdout, run_backtest
-from blueberry.scaling.calibrate import bootstrap_interval as prediction_intervals
+from blueberry.scaling.calibrate import bootstrap_interval
 from blueberry.scaling.fit import ScalingPoints
 from blueberry.scaling.law import PARAMETER_NAMES, Law
 
@@ -50,7 +50,7 @@ def test_interval_of_one_law_plus_residuals_is_the_residual_quantile():
     draws = Law(**{k: np.full((7, 1), getattr(TRUE, k)) for k in PARAMETER_NAMES})
     residuals = np.random.default_rng(0).normal(0, 0.01, 101)
     N, D = np.array([1e9, 3e10]), np.array([2e10, 6e11])
-    both, parameter = prediction_intervals(draws, residuals, N, D, level=0.8)
+    both, parameter = bootstrap_interval(draws, residuals, N, D, level=0.8)
     expected = TRUE.loss(N, D)[:, None] * np.exp(np.quantile(residuals, [0.1, 0.9]))[None, :]
     np.testing.assert_allclose(both, expected, rtol=1e-12)
     np.testing.assert_allclose(parameter, np.repeat(TRUE.loss(N, D)[:, None], 2, axis=1), rtol=1e-12)
