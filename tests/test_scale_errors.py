@@ -400,3 +400,13 @@ def test_the_readmes_scaling_commands_run_as_written(tmp_path, capsys, monkeypat
     for command in commands:
         assert scale_cli.main(shlex.split(command)[1:]) == 0, command
     capsys.readouterr()
+
+
+def test_the_scaling_grid_reading_lrs_from_a_store_that_does_not_exist_creates_nothing(tmp_path, capsys):
+    """Issue #28: `scaling_grid --lr-from` on a store that did not exist left an empty m.db behind."""
+    import runpy
+
+    grid = runpy.run_path(str(Path(__file__).resolve().parents[1] / "studies" / "scaling_grid.py"))["ScalingGrid"]
+    assert grid().main(["--smoke", "--lr-from", "lr_sweep", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert listing(tmp_path) == []
