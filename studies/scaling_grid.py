@@ -188,9 +188,10 @@ class ScalingGrid(Study):
         """The points not yet finished in this experiment on this data that fit one device: a finished
         point is never trained twice. The larger ones are kept in `self.spread` for Ray Train. (The
         built-in corpus is prepared here on first use.)"""
+        # --lr-from first: a sweep that cannot be read is refused before the store or the data is touched.
+        lrs = best_lrs(args.lr_from, args.tracking_uri) if args.lr_from else {}
         data = spec_key(base.task(), args.data)
         done = finished_keys(self.experiment, args.tracking_uri)
-        lrs = best_lrs(args.lr_from, args.tracking_uri) if args.lr_from else {}
         device_bytes = args.device_memory_gb * GiB
         workers = None  # asked of the cluster once a point needs more than one device
         todo, self.spread = [], []

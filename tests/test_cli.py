@@ -163,8 +163,10 @@ def test_data_commands(builtin_dir, tmp_path, capsys):
     assert "different preparation" in one_line_error(capsys, "blueberry-data")
 
 
-def test_scale_says_not_yet_available(capsys):
+def test_scale_without_a_subcommand_is_refused_naming_them(capsys):
     assert scale_cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "required: command" in err and "Traceback" not in err
 
 
 def test_console_script_exit_status_from_a_real_process(tmp_path):

@@ -6,6 +6,7 @@ refused command leaves its directory as it was."""
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_a_law_whose_exponents_overflow_the_plan_is_refused(tmp_path, capsys):
     path = tmp_path / "law.json"  # positive but tiny exponents: G = (alpha A / (beta B))^5000 underflows to 0
     path.write_text(json.dumps({**with_samples(), "alpha": {"estimate": 1e-4}, "beta": {"estimate": 1e-4}}))
     err = refused(["plan", "--law", path, "--params", "1e9"], capsys)
-    assert "beyond floating-point range" in err and "alpha 0.0001" in err
+    assert "beyond floating-point range" in err and "N^0.0001" in err
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '"a law"', json.dumps({"E": {"estimate": 1.8}}), "\x00\x01 not json"])
@@ -214,7 +215,7 @@ def test_a_law_file_with_a_bad_data_range_is_refused(tmp_path, capsys):
     (["--holdout", "N", "--holdout-min", "1"], "are all the runs"),
     (["--holdout-fraction", "1.5"], "--holdout-fraction must be in (0, 1)"),
     (["--level", "80"], "--level must be in (0, 1)"),
-    (["--bootstrap", "1"], "--bootstrap must be at least 2"),
+    (["--bootstrap", "1"], "--bootstrap must be 0 (no bootstrap intervals) or at least 2"),
 ])
 def test_backtest_mistakes_are_refused(flags, message, runs_csv, capsys):
     assert message in refused(["backtest", "--csv", runs_csv, *flags], capsys)
@@ -312,3 +313,100 @@ def test_plan_downstream_mistakes_are_refused(flags, message, tmp_path, capsys):
 ])
 def test_plan_flag_mistakes_are_refused(flags, message, capsys):
     assert message in refused_by_flags(["plan", "--law", "chinchilla", "--params", "8e9", *flags], capsys)
+
+
+# Issue #28's probes. Before: `fit --seed -1` and `hparams --bootstrap -5` ended in NumPy tracebacks; a duplicated
+# column was read silently (the last copy won); `fit --experiment` on a store that did not exist created it (an
+# empty m.db); a degenerate fit planned "95% interval nan to nan" with exit status 0.
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--csv", "chinchilla", "--seed", "-1"], "argument --seed: expected an integer in [0, 2**63)"),
+    (["hparams", "--csv", "chinchilla", "--bootstrap", "-5"], "argument --bootstrap: expected an integer >= 0"),
+    (["fit", "--csv", "chinchilla", "--bootstrap", "1"], "expected 0 (no bootstrap) or at least 2 refits"),
+])
+def test_negative_seeds_and_bootstrap_counts_are_refused_in_one_line(argv, message, capsys):
+    assert message in refused_by_flags(argv, capsys)
+
+
+def test_a_csv_naming_a_column_twice_is_refused(tmp_path, capsys):
+    path = tmp_path / "twice.csv"
+    path.write_text("N,D,loss,loss\n" + "".join(f"{n},{d},{x},9\n" for n, d, x in ((1e8, 1e9, 3.0), (2e8, 2e9, 2.9))))
+    for command in (["fit"], ["plan", "--params", "1e9"], ["backtest"]):
+        err = refused([command[0], "--csv", path, *command[1:]], capsys)
+        assert "names column 'loss' more than once" in err and str(path) in err
+
+
+@pytest.mark.parametrize("column", ["N", "D", "loss"])
+def test_a_csv_holding_nan_is_refused_by_plan(column, runs_csv, tmp_path, capsys):
+    rows = runs_csv.read_text().splitlines()
+    header = rows[0].split(",")
+    cells = rows[2].split(",")
+    cells[header.index(column)] = "NaN"
+    path = tmp_path / "nan.csv"
+    path.write_text("\n".join([rows[0], rows[1], ",".join(cells), *rows[3:]]) + "\n")
+    assert f"row 2 has a non-finite '{column}'" in refused(["plan", "--csv", path, "--params", "1e9"], capsys)
+
+
+def test_a_plan_never_prints_nan(tmp_path, capsys):
+    """Seven runs whose Chinchilla fit overflows: before, the plan printed a NaN interval and exit status 0."""
+    path = tmp_path / "few.csv"
+    path.write_text("N,D,loss\n1e8,1e9,3.0\n2e8,1e9,2.9\n3e8,2e9,2.8\n1e8,4e9,2.9\n4e8,8e9,2.5\n5e8,2e10,2.4\n"
+                    "6e8,4e10,2.3\n")
+    status = scale_cli.main(["plan", "--csv", str(path), "--params", "1e9"])
+    out, err = capsys.readouterr()
+    assert not re.search(r"\bnan\b", (out + err).lower())
+    assert status == 0 or (status == 2 and err.count("\n") == 1)
+
+
+@pytest.mark.parametrize("command", [["fit"], ["backtest"], ["plan", "--params", "1e9"], ["downstream"]])
+def test_reading_a_tracking_store_that_does_not_exist_creates_nothing(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    err = refused([command[0], "--experiment", "grid", "--tracking-uri", "sqlite:///m.db", *command[1:]], capsys)
+    assert "no MLflow store at sqlite:///m.db" in err
+    err = refused([command[0], "--experiment", "grid", *command[1:]], capsys)  # the default store, mlflow.db
+    assert "no MLflow store at sqlite:///mlflow.db" in err
+    assert listing(tmp_path) == []
+
+
+def test_plan_costs_in_dollars_by_default_and_names_the_price(capsys):
+    from blueberry.scaling.datasets import GPU_PRICES
+
+    assert scale_cli.main(["plan", "--law", "chinchilla", "--params", "8e9", "--tokens", "15e12", "--json", "-"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["price_per_gpu_hour"] == GPU_PRICES["h100"].dollars
+    assert plan["cost"] == pytest.approx(plan["gpu_hours"] * GPU_PRICES["h100"].dollars, rel=1e-12)
+    assert scale_cli.main(["plan", "--law", "chinchilla", "--params", "8e9", "--price-per-gpu-hour", "2"]) == 0
+    assert "at $2.00 per H100-hour" in capsys.readouterr().out
+    assert scale_cli.main(["plan", "--law", "chinchilla", "--params", "8e9", "--gpu", "l4"]) == 0
+    assert "no default price for l4: give --price-per-gpu-hour" in capsys.readouterr().out
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_scaling_commands() -> list[str]:
+    """The `blueberry-scale ...` commands the README shows, as written."""
+    return re.findall(r"`(blueberry-scale [^`]+)`", README.read_text())
+
+
+@pytest.mark.slow
+def test_the_readmes_scaling_commands_run_as_written(tmp_path, capsys, monkeypatch):
+    """Before, the README's bare `blueberry-scale backtest` failed for want of runs."""
+    import shlex
+
+    commands = readme_scaling_commands()
+    assert any(c.split()[1] == "backtest" for c in commands) and any(c.split()[1] == "plan" for c in commands)
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        assert scale_cli.main(shlex.split(command)[1:]) == 0, command
+    capsys.readouterr()
+
+
+def test_the_scaling_grid_reading_lrs_from_a_store_that_does_not_exist_creates_nothing(tmp_path, capsys):
+    """Issue #28: `scaling_grid --lr-from` on a store that did not exist left an empty m.db behind."""
+    import runpy
+
+    grid = runpy.run_path(str(Path(__file__).resolve().parents[1] / "studies" / "scaling_grid.py"))["ScalingGrid"]
+    assert grid().main(["--smoke", "--lr-from", "lr_sweep", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert listing(tmp_path) == []

@@ -1,5 +1,6 @@
 """Scaling laws: the fit reproduces Epoch AI's published Chinchilla refit, recovers known parameters from
-noisy synthetic runs, matches the slow reference recipe's optimum, and plans land on concrete models."""
+noisy synthetic runs, matches the slow reference recipe's optimum (SciPy L-BFGS from the published grid),
+and plans land on concrete models; `fit` reads runs from CSV files, the shipped Chinchilla runs and MLflow."""
 
 import csv
 import json
@@ -10,14 +11,14 @@ import torch
 from mlflow import MlflowClient
 
 from blueberry.cli import scale as scale_cli
-from blueberry.cli.scale import CHINCHILLA
 from blueberry.errors import UserError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import Blueberry, count_params
 from blueberry.scaling.datasets import NAMED
-from blueberry.scaling.fit import (ScalingPoints, _lbfgs, bootstrap_law, fit_isoflop, fit_law, huber_objective,
+from blueberry.scaling.fit import (ScalingPoints, _lbfgs, bootstrap_fit, fit_isoflop, fit_law, huber_objective,
                                    reference_grid)
 from blueberry.scaling.hparams import Trial, fit_hparam_laws
+from blueberry.scaling.law import EPOCH_CHINCHILLA as CHINCHILLA
 from blueberry.scaling.law import Law
 from blueberry.scaling.plan import Target, architecture_for, make_plan
 
@@ -41,7 +42,8 @@ def test_reproduces_epoch_ai_chinchilla_refit_within_its_standard_errors(chinchi
 @pytest.mark.slow
 def test_fast_fit_reaches_the_reference_recipes_optimum(chinchilla_points):
     fast = fit_law(chinchilla_points)
-    # Every 15th start of the published 4,500-point grid, each run to convergence with exact gradients.
+    # Every 15th start of the published 4,500-point grid, each run to convergence with exact gradients by
+    # SciPy's L-BFGS-B (the fast path's batched Levenberg-Marquardt is not used here).
     reference = _lbfgs(chinchilla_points, reference_grid()[::15], delta=1e-3)
     assert fast.objective <= reference.objective * (1 + 1e-9)
     for name in ("E", "alpha", "beta"):
@@ -73,7 +75,7 @@ def synthetic_points(noise: float, seed: int = 0) -> ScalingPoints:
 def test_recovers_known_parameters_from_noisy_runs():
     points = synthetic_points(noise=0.005)
     fit = fit_law(points)
-    boot = bootstrap_law(points, fit, n=100, seed=1)
+    boot = bootstrap_fit(points, fit, n=100, seed=1)
     for name in ("E", "A", "B", "alpha", "beta"):
         estimate, truth = getattr(fit.law, name), getattr(TRUE, name)
         se = boot.summary(name, estimate)["se"]
@@ -172,20 +174,27 @@ def write_csv(path, rows):
 def test_cli_fit_json_plot_and_plan_from_it(tmp_path, capsys):
     points = synthetic_points(noise=0.003)
     write_csv(tmp_path / "runs.csv", [{"N": n, "D": d, "loss": l} for n, d, l in zip(points.N, points.D, points.loss)])
-    law_file, png = tmp_path / "law.json", tmp_path / "law.png"
-    assert scale_cli.main(["fit", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "30", "--json", str(law_file),
-                           "--plot", str(png)]) == 0
-    assert "alpha" in capsys.readouterr().out
+    law_file, png, selection = tmp_path / "law.json", tmp_path / "law.png", tmp_path / "selection.png"
+    assert scale_cli.main(["fit", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "10", "--json", str(law_file),
+                           "--plot", str(png), "--plot-selection", str(selection)]) == 0
+    assert "weights:" in capsys.readouterr().out
     payload = json.loads(law_file.read_text())
-    for name in ("E", "A", "B", "alpha", "beta"):
-        assert set(payload[name]) >= {"estimate", "se", "ci"} and payload[name]["ci"][0] <= payload[name]["ci"][1]
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["law.json", "law.png", "runs.csv"]  # no temporary files left
+    for name, weight in payload["stack"]["weights"].items():  # every form with weight was bootstrapped
+        parameters = payload["forms"][name]["parameters"]
+        assert payload["forms"][name]["weight"] == weight and parameters
+        assert all(p["ci"][0] <= p["ci"][1] for p in parameters.values())
+    assert png.read_bytes()[:4] == b"\x89PNG" and selection.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["law.json", "law.png", "runs.csv", "selection.png"]
     plan_png = tmp_path / "plan.svg"
     assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9", "--json", "-",
                            "--plot", str(plan_png)]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["loss_ci"][0] <= plan["loss"] <= plan["loss_ci"][1]
+    assert plan["loss_interval"][0] <= plan["loss"] <= plan["loss_interval"][1] and plan["distance"] > 0
+    assert scale_cli.main(["plan", "--law", str(law_file), "--params", "1e9"]) == 0
+    text = capsys.readouterr().out
+    assert "law form" in text and "80% interval" in text and "beyond the law's runs" in text
+    assert "the backtests predicted up to" in text
     assert b"<svg" in plan_png.read_bytes()[:500]  # the format follows the extension
 
 
@@ -201,10 +210,39 @@ def test_the_shipped_chinchilla_runs_are_named_on_the_command_line(tmp_path, cap
     law_file = tmp_path / "law.json"
     assert scale_cli.main(["fit", "--csv", "chinchilla", "--exclude-top", "5", "--bootstrap", "0",
                            "--json", str(law_file)]) == 0
-    law = json.loads(law_file.read_text())
+    law = json.loads(law_file.read_text())["forms"]["chinchilla"]["parameters"]
     for name, (published, se) in CHINCHILLA.items():
         assert abs(law[name]["estimate"] - published) < se, name
     assert "chinchilla (Hoffmann et al. (2022) runs" in capsys.readouterr().out
+
+
+def test_the_fit_json_records_the_choice_so_a_plan_can_be_rederived(tmp_path, capsys):
+    """Every form's parameters and nested errors, the cuts, the weights, the calibration and the runs' range are in
+    the JSON; the plan read back from it predicts the stack's loss and the interval the calibration gives."""
+    from blueberry.scaling.calibrate import calibration_from_dict
+    from blueberry.scaling.law import DataRange, StackedLaw, law_of
+
+    points = synthetic_points(noise=0.005)
+    write_csv(tmp_path / "runs.csv", [{"N": n, "D": d, "loss": l} for n, d, l in zip(points.N, points.D, points.loss)])
+    assert scale_cli.main(["fit", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "0", "--json",
+                           str(tmp_path / "law.json")]) == 0
+    saved = json.loads((tmp_path / "law.json").read_text())
+    assert set(saved["forms"]) == {"chinchilla", "shared", "kaplan"} and saved["selection"]["cuts"]
+    assert all(len(f["nested"]["log_error"]) == len(f["nested"]["distance"]) > 0 for f in saved["forms"].values())
+    weights = saved["stack"]["weights"]
+    law = StackedLaw(tuple(law_of(n, {k: v["estimate"] for k, v in saved["forms"][n]["parameters"].items()
+                                      if k in ("E", "A", "B", "alpha", "beta", "gamma", "N_c", "D_c", "alpha_N",
+                                               "alpha_D")}) for n in weights), tuple(weights.values()))
+    calibration = calibration_from_dict(saved["calibration"])
+    distance = DataRange(**saved["data_range"]).distance(3e10, 3e12)
+    capsys.readouterr()
+    assert scale_cli.main(["plan", "--law", str(tmp_path / "law.json"), "--params", "3e10", "--tokens", "3e12",
+                           "--json", "-"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["loss"] == pytest.approx(float(law.loss(3e10, 3e12)), rel=1e-12)
+    assert plan["distance"] == pytest.approx(float(distance), rel=1e-12)
+    low, high = calibration.interval(plan["loss"], distance, 0.8)
+    assert plan["loss_interval"] == pytest.approx([float(low), float(high)], rel=1e-12)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -264,5 +302,5 @@ def test_fit_from_an_mlflow_experiment_reads_only_training_runs(tmp_path, capsys
     assert scale_cli.main(["fit", "--experiment", "scaling_grid", "--tracking-uri", uri, "--bootstrap", "0",
                            "--json", "-"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["fit"]["points"] == len(points)
-    assert payload["alpha"]["estimate"] == pytest.approx(TRUE.alpha, abs=0.03)
+    assert payload["runs"] == len(points)
+    assert payload["forms"]["chinchilla"]["parameters"]["alpha"]["estimate"] == pytest.approx(TRUE.alpha, abs=0.03)

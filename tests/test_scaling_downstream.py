@@ -70,7 +70,7 @@ def test_noiseless_prediction_has_no_spread():
 def test_frontier_compute_for_loss_lands_on_the_loss():
     law = Law(E=1.69, A=406.4, B=1410.7, alpha=0.34, beta=0.28)
     params = {k: np.full(3, getattr(law, k)) for k in ("E", "A", "B", "alpha", "beta")}
-    C = frontier_compute_for_loss(params, np.array([3.0, 2.5, 1.6]))
+    C = frontier_compute_for_loss(Law(**params), np.array([3.0, 2.5, 1.6]))
     for c, target in zip(C[:2], (3.0, 2.5)):
         assert law.loss(*law.compute_optimal(c)) == pytest.approx(target, rel=1e-12)
     assert C[2] == np.inf  # below E: no model reaches it
@@ -127,3 +127,35 @@ def test_from_an_mlflow_store_to_a_plans_accuracy(tmp_path, capsys):
     assert plan["goal_loss"] == pytest.approx(goal_loss, rel=1e-6)
     assert LAB.loss(*LAB.compute_optimal(plan["goal_compute"])) == pytest.approx(goal_loss, rel=1e-6)
     assert plan["goal_reachable"] == 1.0
+
+
+def test_a_plans_accuracy_comes_from_the_calibrated_loss(tmp_path, capsys):
+    """With a law fitted by `fit --json` (selection, calibration, bootstrap), `plan --downstream` predicts the
+    accuracy from the calibrated predictive distribution of the loss: its interval is `predict_accuracy` of
+    the predictor's own loss draws, and wider than the curve's spread at the point prediction alone."""
+    from blueberry.scaling.lawsource import read_law_file
+
+    rng = np.random.default_rng(0)
+    N, D = (a.ravel() for a in np.meshgrid(np.logspace(7, 9, 7), np.logspace(9, 11, 5)))
+    runs = tmp_path / "runs.csv"
+    runs.write_text("N,D,loss\n" + "".join(f"{n},{d},{x}\n" for n, d, x in
+                                            zip(N, D, LAB.loss(N, D) * np.exp(rng.normal(0, 0.005, len(N))))))
+    law, ds = tmp_path / "law.json", tmp_path / "ds.json"
+    assert scale_cli.main(["fit", "--csv", str(runs), "--bootstrap", "20", "--json", str(law)]) == 0
+    losses = np.linspace(2.6, 3.6, 10)
+    evaluated = tmp_path / "evaluated.csv"
+    evaluated.write_text("loss,acc\n" + "".join(f"{x},{CURVE(x)}\n" for x in losses))
+    assert scale_cli.main(["downstream", "--csv", str(evaluated), "--metric", "acc", "--chance", "0.25",
+                           "--bootstrap", "0", "--json", str(ds)]) == 0
+    capsys.readouterr()
+    assert scale_cli.main(["plan", "--law", str(law), "--params", "3e9", "--tokens", "3e11", "--downstream", str(ds),
+                           "--json", "-"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    predictor = read_law_file(law)
+    draws = predictor.loss_draws(3e9, 3e11)
+    from blueberry.scaling.downstream import read_downstream_json
+
+    fit, _ = read_downstream_json(ds)
+    accuracy, interval = predict_accuracy(fit, draws)
+    assert plan["downstream"]["accuracy_ci"] == pytest.approx(list(interval), rel=1e-12)
+    assert interval[1] - interval[0] > 0 and plan["loss_interval"][0] < plan["loss"] < plan["loss_interval"][1]

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from blueberry.cli import scale as scale_cli
-from blueberry.cli.scale import CHINCHILLA
 from blueberry.scaling.datasets import CORPORA
+from blueberry.scaling.law import EPOCH_CHINCHILLA as CHINCHILLA
 from blueberry.scaling.law import DataRange, Law
 from blueberry.scaling.plan import Target, make_plan, plan_text
 

@@ -123,6 +123,20 @@ class SigmoidFit:
         return [Sigmoid(*values) for values in zip(*(self.samples[n] for n in SIGMOID_NAMES))]
 
 
+def evaluated_runs(rows: list[dict], metric: str, loss_col: str, source: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(loss, accuracy, runs left out) of the runs that have both `metric` and `loss_col`; none is a
+    one-line `UserError` naming the accuracy-like columns there are."""
+    from blueberry.scaling.runs import column
+
+    evaluated = [r for r in rows if r.get(metric) not in (None, "") and r.get(loss_col) not in (None, "")]
+    if not evaluated:
+        metrics = sorted({k for r in rows for k in r if k.startswith("val/") or k.endswith(("acc", "acc_norm"))})
+        raise UserError(f"no run of {source} has both {metric!r} and {loss_col!r} (accuracy-like columns: "
+                        f"{', '.join(metrics)[:200] or 'none'}); choose them with --metric and --loss-col")
+    return (np.array(column(evaluated, loss_col, source)), np.array(column(evaluated, metric, source)),
+            len(rows) - len(evaluated))
+
+
 def fit_sigmoid(loss: np.ndarray, accuracy: np.ndarray, floor: float | None = None) -> Sigmoid:
     """The least-squares sigmoid through (loss, accuracy) runs; `floor` fixed when given."""
     loss, accuracy = np.asarray(loss, np.float64), np.asarray(accuracy, np.float64)

@@ -172,3 +172,19 @@ def deepseek_laws() -> HparamLaws:
     """DeepSeek LLM's published AdamW laws, the reference when no sweep of ours covers the budget."""
     return HparamLaws(PowerLaw(*DEEPSEEK_LR), PowerLaw(*DEEPSEEK_BATCH_TOKENS), [],
                       "DeepSeek LLM (2024) AdamW laws, not fitted for Muon")
+
+
+def hparams_text(laws: HparamLaws, source: str) -> str:
+    """The fitted laws and, per budget, the best trial's LR and batch against the laws'."""
+    lines = [f"Hyperparameter laws from {source} ({len(laws.budgets)} compute budgets)"]
+    for name, law in (("lr", laws.lr), ("batch (tokens)", laws.batch_tokens)):
+        ci = (f" (exponent 95% interval [{law.exponent_ci[0]:.3f}, {law.exponent_ci[1]:.3f}])"
+              if law.exponent_ci else "")
+        lines.append(f"  {name:15} = {law.coefficient:.4g} C^{law.exponent:.4f}{ci}")
+    lines.append(f"  {'C':>10}  {'best lr':>10} {'law':>10} {'ratio':>6}   {'best batch':>10} {'law':>10} {'ratio':>6}")
+    for b in laws.budgets:
+        lines.append(f"  {b.compute:10.3g}  {b.lr:10.3g} {laws.lr(b.compute):10.3g} {b.lr / laws.lr(b.compute):6.2f}   "
+                     f"{b.batch_tokens:10.3g} {laws.batch_tokens(b.compute):10.3g} "
+                     f"{b.batch_tokens / laws.batch_tokens(b.compute):6.2f}")
+    return "\n".join(lines)
+

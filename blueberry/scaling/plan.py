@@ -1,7 +1,8 @@
-"""From a fitted law to a plan a lab can fund: size, tokens, predicted loss, hyperparameters, GPU-hours,
-cost at several MFUs, wall-clock time on K GPUs and the GPUs a deadline needs, the epochs of the named
-corpus it takes, how far it extrapolates beyond the law's runs, the downstream accuracy it predicts, where
-each number comes from, and a concrete Blueberry architecture.
+"""From a fitted law to a plan a lab can fund: size, tokens, predicted loss with the interval the backtests
+measured at the plan's distance beyond the law's runs, hyperparameters, GPU-hours, cost at several MFUs
+(at `--price-per-gpu-hour`, else the default price of `datasets.GPU_PRICES`), wall-clock time on K GPUs
+and the GPUs a deadline needs, the epochs of the named corpus it takes, the downstream accuracy it
+predicts, where each number comes from, and a concrete Blueberry architecture.
 
 Wall-clock time assumes the MFU holds at the GPU count asked for (perfect scaling); at thousands of GPUs
 it usually drops, which the 30/40/50% rows bracket.
@@ -18,10 +19,12 @@ from blueberry.core.hardware import gpu_peak_flops
 from blueberry.errors import UserError
 from blueberry.models.lm.config import ModelConfig
 from blueberry.models.lm.model import count_params
-from blueberry.scaling.datasets import CORPORA, Corpus
+from blueberry.scaling.calibrate import Calibration
+from blueberry.scaling.choice import Predictor
+from blueberry.scaling.datasets import CORPORA, GPU_PRICES, Corpus
 from blueberry.scaling.downstream import SigmoidFit, predict_accuracy, quantiles
 from blueberry.scaling.hparams import HparamLaws, deepseek_laws
-from blueberry.scaling.law import PARAMETER_NAMES, DataRange, Law
+from blueberry.scaling.law import DataRange, StackedLaw, law_of, select_draws
 
 DEFAULT_VOCAB = 49152  # the SmolLM2 tokenizer the Blueberry family uses
 # Width-to-depth ratio d_model / n_layers: about 23 for nano-88m, 128 for Llama-3-8B-like models;
@@ -157,6 +160,13 @@ class Plan:
     extrapolation: tuple[str, ...] = ()  # what of the plan lies beyond data_range, by how much
     downstream: DownstreamPrediction | None = None
     estimate_gpu_hours: float | None = None
+    choice: str | None = None  # how the law was chosen (forms and weights)
+    level: float = 0.8  # of the calibrated interval
+    loss_interval: tuple[float, float] | None = None  # calibrated by the backtests at the plan's distance
+    distance: float | None = None  # decades beyond the law's runs (`DataRange.distance`)
+    backtest_reach: float | None = None  # the farthest the backtests predicted, decades
+    price_per_gpu_hour: float | None = None
+    price_source: str | None = None  # "--price-per-gpu-hour", or the default's source
 
     @property
     def estimate_mfu(self) -> float | None:
@@ -183,6 +193,7 @@ class Plan:
     def to_dict(self) -> dict[str, object]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("architecture", "costing", "corpus", "data_range",
                                                                      "downstream", "extrapolation")}
+        out["loss_ci_source"] = "bootstrap refits: the parameters' uncertainty alone, 95%"
         out |= {"tokens_per_param": self.tokens_per_param, "days": self.days,
                 "gpus_for_deadline": self.gpus_for_deadline, "epochs": self.epochs, "estimate_mfu": self.estimate_mfu,
                 "costing": [asdict(c) for c in self.costing], "extrapolation": list(self.extrapolation),
@@ -242,62 +253,65 @@ def architecture_for(N: float, vocab_size: int = DEFAULT_VOCAB, seq_len: int = 2
     return best[1]
 
 
-def _loss_draws(samples: dict[str, np.ndarray] | None, N: float, D: float) -> np.ndarray | None:
-    if not samples:
+def draws_law(law, samples):
+    """Bootstrap draws as a law of (draws, 1) arrays: `samples` is one already, or a dict of the (single-form)
+    law's parameters, one array each."""
+    if samples is None or not isinstance(samples, dict):
+        return samples
+    single = law.single if isinstance(law, StackedLaw) else law
+    return law_of(single.form, {k: np.asarray(v, np.float64)[:, None] for k, v in samples.items()})
+
+
+def _loss_draws(draws, N: float, D: float) -> np.ndarray | None:
+    if draws is None:
         return None
-    return samples["E"] + samples["A"] / N ** samples["alpha"] + samples["B"] / D ** samples["beta"]
+    with np.errstate(over="ignore"):  # a far-off draw's N^alpha may overflow: its term is then 0, as it should be
+        return np.asarray(draws.loss(N, D), np.float64).ravel()
 
 
-def _loss_interval(samples: dict[str, np.ndarray] | None, N: float, D: float) -> tuple[float, float] | None:
-    losses = _loss_draws(samples, N, D)
+def _loss_interval(draws, N: float, D: float) -> tuple[float, float] | None:
+    losses = _loss_draws(draws, N, D)
     if losses is None:
         return None
     return float(np.percentile(losses, 2.5)), float(np.percentile(losses, 97.5))
 
 
-def frontier_compute_for_loss(params: dict[str, np.ndarray], loss: np.ndarray) -> np.ndarray:
-    """Per draw i, the compute at which law i's compute-optimal model reaches loss[i] (bisection in log C,
-    vectorised over draws): inf where the loss is at or below E_i, or nan, which no model reaches."""
-    E, A, B, alpha, beta = (np.asarray(params[k], np.float64) for k in PARAMETER_NAMES)
-    loss = np.broadcast_to(np.asarray(loss, np.float64), E.shape)
-    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
-    a, b = beta / (alpha + beta), alpha / (alpha + beta)
-    lo, hi = np.full(E.shape, math.log(1e6)), np.full(E.shape, math.log(1e40))
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        C6 = np.exp(mid) / 6
-        frontier = E + A / (G * C6 ** a) ** alpha + B / (C6 ** b / G) ** beta
-        above = frontier > loss
-        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    out = np.exp(hi)
-    return np.where(np.isnan(loss) | (loss <= E), np.inf, out)
+def frontier_compute_for_loss(law, loss) -> np.ndarray:
+    """The compute at which `law`'s compute-optimal model reaches `loss` (bisection in log C, vectorised
+    over a law of arrays, `loss` broadcast against its parameters): inf where the loss is at or below what
+    any compute up to 1e40 FLOP reaches (E, for a law with one) or is nan."""
+    loss = np.asarray(loss, np.float64)
+    shape = np.broadcast(loss, np.asarray(law.loss(1.0, 1.0))).shape
+    lo, hi = np.full(shape, math.log(1e6)), np.full(shape, math.log(1e40))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        reachable = np.asarray(law.loss(*law.compute_optimal(np.exp(hi)))) < loss
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            above = np.asarray(law.loss(*law.compute_optimal(np.exp(mid)))) > loss
+            lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return np.where(reachable, np.exp(hi), np.inf)
 
 
-def _compute_for_loss(law: Law, loss: float) -> float:
-    """The compute at which the compute-optimal model reaches `loss`."""
-    point = {k: np.array([getattr(law, k)]) for k in PARAMETER_NAMES}
-    return float(frontier_compute_for_loss(point, np.array([loss]))[0])
-
-
-def _downstream(fit: SigmoidFit, labels: dict[str, str], law: Law, samples: dict[str, np.ndarray] | None,
+def _downstream(fit: SigmoidFit, labels: dict[str, str], law, draws, loss_draws: np.ndarray | None,
                 N: float, D: float, goal: float | None, target: Target, peak: float) -> DownstreamPrediction:
-    """Accuracy predicted for (N, D), and where a goal accuracy is reached, each with a 95% interval."""
-    draws = _loss_draws(samples, N, D)
-    accuracy, accuracy_ci = predict_accuracy(fit, draws if draws is not None else np.array([law.loss(N, D)]))
+    """Accuracy predicted for (N, D) from the loss's distribution `loss_draws` (calibrated where the
+    backtests allow), and where a goal accuracy is reached, each with a 95% interval."""
+    losses = loss_draws if loss_draws is not None else np.array([float(law.loss(N, D))])
+    accuracy, accuracy_ci = predict_accuracy(fit, losses)
     out = dict(metric=labels["metric"], source=labels["source"], accuracy=accuracy, accuracy_ci=accuracy_ci,
                loss_range=(float(fit.loss.min()), float(fit.loss.max())))
     if goal is None:
         return DownstreamPrediction(**out)
-    point = {k: np.array([getattr(law, k)]) for k in PARAMETER_NAMES}
     goal_loss = fit.sigmoid.loss_for(goal)
-    goal_compute = float(frontier_compute_for_loss(point, np.array([goal_loss]))[0])
+    goal_compute = float(frontier_compute_for_loss(law, goal_loss))
     # Bootstrap: sigmoid draw i with law draw i (cycled), both resampled from their own runs.
     sigmoids = fit.draws()
-    laws = samples if samples else point
-    count = max(len(sigmoids), len(laws["E"]))
+    laws = draws if draws is not None else law
+    law_count = np.asarray(laws.loss(1.0, 1.0)).size
+    count = max(len(sigmoids), law_count)
     losses = np.array([sigmoids[i % len(sigmoids)].loss_for(goal) for i in range(count)])
-    computes = frontier_compute_for_loss({k: np.resize(v, count) for k, v in laws.items() if k in PARAMETER_NAMES},
-                                         losses)
+    paired = select_draws(laws, np.arange(count) % law_count) if draws is not None else law
+    computes = frontier_compute_for_loss(paired, losses[:, None] if draws is not None else losses).ravel()
     reachable = np.isfinite(losses)
     loss_ci = quantiles(np.where(reachable, losses, -np.inf), 0.95) if reachable.any() else (math.nan, math.nan)
     return DownstreamPrediction(**out, goal=goal, goal_loss=goal_loss, goal_loss_ci=loss_ci, goal_compute=goal_compute,
@@ -306,43 +320,66 @@ def _downstream(fit: SigmoidFit, labels: dict[str, str], law: Law, samples: dict
                                 goal_reachable=float(reachable.mean()))
 
 
-def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = None,
-              hparams: HparamLaws | None = None, vocab_size: int = DEFAULT_VOCAB,
-              architecture: ModelConfig | None = None, *, law_source: str = "the law given",
-              data_range: DataRange | None = None, downstream: tuple[SigmoidFit, dict[str, str]] | None = None,
-              accuracy_goal: float | None = None) -> Plan:
-    """The plan for `target` under `law`; `samples` (bootstrap draws of the law) give the loss interval,
-    `data_range` (the runs the law was fitted on) the extrapolation warnings, `downstream` (a fitted
-    accuracy-loss sigmoid and its labels) the accuracy it predicts and, with `accuracy_goal`, the
-    compute at which a compute-optimal model reaches that accuracy."""
+def make_plan(law, target: Target, samples=None, hparams: HparamLaws | None = None,
+              vocab_size: int = DEFAULT_VOCAB, architecture: ModelConfig | None = None, *,
+              law_source: str = "the law given", data_range: DataRange | None = None,
+              downstream: tuple[SigmoidFit, dict[str, str]] | None = None, accuracy_goal: float | None = None,
+              calibration: Calibration | None = None, residuals: np.ndarray | None = None, level: float = 0.8,
+              choice: str | None = None) -> Plan:
+    """The plan for `target` under `law` (any law of `blueberry.scaling.law`, a stack included).
+    `samples` (bootstrap draws: a law of (draws, 1) arrays, or a dict of a single-form law's parameters)
+    give the parameters' 95% interval; `calibration` with `data_range` (the runs the law was fitted on) and
+    `residuals` (the fitted runs' log residuals) the calibrated interval at `level` (`Predictor.interval`:
+    what the backtests measured at the plan's distance, and no narrower than the bootstrap's), and the
+    extrapolation warnings; `downstream` (a fitted accuracy-loss sigmoid and its labels) the accuracy it predicts from
+    the calibrated loss (the bootstrap's where uncalibrated) and, with `accuracy_goal`, the compute at
+    which a compute-optimal model reaches that accuracy; `choice` says how the law was chosen."""
     peak = gpu_peak_flops(target.gpu)
-    try:
-        if target.params is not None:
-            N = target.params
-            D = target.tokens if target.tokens is not None else law.compute_optimal_tokens(N)
-            C = 6 * N * D
-        else:
-            C = target.flops if target.flops is not None else target.gpu_hours * 3600 * peak * target.mfu
-            N, D = law.compute_optimal(C)
-        optimal_N, optimal_D = law.compute_optimal(C)
-    except ArithmeticError:  # exponents near 0 send G = (...)^(1/(alpha+beta)) or (N/G)^(1/a) out of float range
-        raise UserError(f"{target.flags}: the law (alpha {law.alpha:g}, beta {law.beta:g}) puts this plan beyond "
-                        "floating-point range; check the law's exponents") from None
+    draws = draws_law(law, samples)
+    beyond_range = UserError(f"{target.flags}: the law ({law.describe()}) puts this plan beyond floating-point "
+                             "range; check the law's exponents")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            if target.params is not None:
+                N = target.params
+                D = float(target.tokens if target.tokens is not None else law.compute_optimal_tokens(N))
+                C = 6 * N * D
+            else:
+                C = target.flops if target.flops is not None else target.gpu_hours * 3600 * peak * target.mfu
+                N, D = (float(x) for x in law.compute_optimal(C))
+            optimal_N, optimal_D = (float(x) for x in law.compute_optimal(C))
+        except ArithmeticError:  # exponents near 0 send G = (...)^(1/(alpha+beta)) out of float range
+            raise beyond_range from None
     if not C <= MAX_FLOPS:
         raise UserError(f"{target.flags} means training compute C = {C:.3g} FLOP, beyond the "
                         f"{MAX_FLOPS:g} FLOP a plan can mean: ask for less")
     if not N <= MAX_PARAMS:
         raise UserError(f"{target.flags} means a model of N = {N:.3g} parameters under this law, beyond the "
                         f"{MAX_PARAMS:g} a plan can mean: ask for less")
+    if not all(math.isfinite(x) and x > 0 for x in (N, D, C, optimal_N, optimal_D)):
+        raise beyond_range
     if accuracy_goal is not None and downstream is None:
         raise UserError("--accuracy-goal needs --downstream FILE (from `blueberry-scale downstream --json FILE`)")
     loss = float(law.loss(N, D))
+    loss_ci = _loss_interval(draws, N, D)
+    if not math.isfinite(loss) or (loss_ci is not None and not all(map(math.isfinite, loss_ci))):
+        raise UserError(f"{target.flags}: the law's predicted loss ({loss:g}, bootstrap interval {loss_ci}) is not a "
+                        "finite number: the fit is degenerate (check that loss falls with N and D, and the runs' "
+                        "units), or choose another form with --form")
+    distance = float(data_range.distance(N, D)) if data_range is not None else None
+    predictor = Predictor(law, draws, calibration, data_range, law_source, choice or "", {}, residuals)
+    interval = predictor.interval(N, D, level) if calibration is not None and calibration.bounded(level) else None
+    calibrated = None if interval is None else (float(interval[0]), float(interval[1]))
+    price, price_source = target.price_per_gpu_hour, "--price-per-gpu-hour"
+    if price is None and target.gpu.lower() in GPU_PRICES:
+        price, price_source = GPU_PRICES[target.gpu.lower()].dollars, GPU_PRICES[target.gpu.lower()].source
+    elif price is None:
+        price_source = None
     gpu_hours = C / (peak * target.mfu) / 3600
 
     def costing(mfu: float) -> Costing:
         hours = C / (peak * mfu) / 3600
-        return Costing(mfu=mfu, gpu_hours=hours,
-                       cost=hours * target.price_per_gpu_hour if target.price_per_gpu_hour is not None else None,
+        return Costing(mfu=mfu, gpu_hours=hours, cost=hours * price if price is not None else None,
                        days=hours / target.gpus / 24, gpus_for_deadline=math.ceil(hours / (24 * target.deadline_days)))
 
     if hparams is not None:
@@ -351,11 +388,12 @@ def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = 
         laws, source = deepseek_laws(), ("DeepSeek LLM (2024) AdamW laws, not fitted for Muon: fit the lab's own "
                                          "with `blueberry-scale hparams`")
     arch = architecture if architecture is not None else architecture_for(N, vocab_size)
+    loss_draws = predictor.loss_draws(N, D)
     return Plan(
-        N=N, D=D, C=C, loss=loss, loss_ci=_loss_interval(samples, N, D), optimal_N=optimal_N, optimal_D=optimal_D,
-        optimal_loss=float(law.loss(optimal_N, optimal_D)), optimal_compute_for_same_loss=_compute_for_loss(law, loss),
-        gpu=target.gpu, mfu=target.mfu, gpu_hours=gpu_hours,
-        cost=gpu_hours * target.price_per_gpu_hour if target.price_per_gpu_hour is not None else None,
+        N=N, D=D, C=C, loss=loss, loss_ci=loss_ci, optimal_N=optimal_N, optimal_D=optimal_D,
+        optimal_loss=float(law.loss(optimal_N, optimal_D)),
+        optimal_compute_for_same_loss=float(frontier_compute_for_loss(law, loss)),
+        gpu=target.gpu, mfu=target.mfu, gpu_hours=gpu_hours, cost=gpu_hours * price if price is not None else None,
         lr=float(laws.lr(C)), batch_tokens=float(laws.batch_tokens(C)), hparams_source=source,
         architecture=arch, architecture_params=count_params(arch).total,
         law_source=law_source, gpus=target.gpus, deadline_days=target.deadline_days,
@@ -363,8 +401,11 @@ def make_plan(law: Law, target: Target, samples: dict[str, np.ndarray] | None = 
         costing=tuple(costing(m) for m in sorted(set(MFU_TABLE) | {target.mfu})),
         corpus=target.corpus, corpus_name=target.dataset, data_range=data_range,
         extrapolation=tuple(data_range.beyond(N, D)) if data_range is not None else (),
-        downstream=(_downstream(*downstream, law, samples, N, D, accuracy_goal, target, peak)
+        downstream=(_downstream(*downstream, law, draws, loss_draws, N, D, accuracy_goal, target, peak)
                     if downstream is not None else None),
+        choice=choice, level=level, loss_interval=calibrated, distance=distance,
+        backtest_reach=calibration.max_distance if calibration is not None else None,
+        price_per_gpu_hour=price, price_source=price_source,
     )
 
 
@@ -379,12 +420,31 @@ def _compute_range(low: float, high: float) -> str:
 def plan_text(plan: Plan) -> str:
     """The plan as a funding case: every number, and where each comes from."""
     a, gpu = plan.architecture, plan.gpu.upper()
-    lines = [f"Plan under {plan.law_source}",
-             f"  size & data      N = {plan.N:.3e} parameters, D = {plan.D:.3e} tokens "
-             f"({plan.tokens_per_param:.1f} tokens per parameter)",
-             f"  compute          C = 6ND = {plan.C:.3e} FLOP"]
-    ci = f"  (95% interval {plan.loss_ci[0]:.3f} to {plan.loss_ci[1]:.3f})" if plan.loss_ci else ""
-    lines.append(f"  predicted loss   {plan.loss:.4f}{ci}")
+    lines = [f"Plan under {plan.law_source}"]
+    if plan.choice:
+        lines.append(f"  law form         {plan.choice}")
+    lines += [f"  size & data      N = {plan.N:.3e} parameters, D = {plan.D:.3e} tokens "
+              f"({plan.tokens_per_param:.1f} tokens per parameter)",
+              f"  compute          C = 6ND = {plan.C:.3e} FLOP"]
+    if plan.loss_interval is not None:
+        low, high = plan.loss_interval
+        lines.append(f"  predicted loss   {plan.loss:.4f}  ({plan.level:.0%} interval {low:.3f} to {high:.3f}, "
+                     f"{100 * (low / plan.loss - 1):+.1f}% to {100 * (high / plan.loss - 1):+.1f}%: calibrated by the "
+                     f"backtests at the plan's distance, no narrower than the bootstrap's)")
+    else:
+        why = ("the law records no runs" if plan.data_range is None else "the law carries no backtests"
+               if plan.backtest_reach is None else f"too few backtest errors for a {plan.level:.0%} interval")
+        lines.append(f"  predicted loss   {plan.loss:.4f}  (no calibrated interval: {why})")
+    if plan.loss_ci:
+        lines.append(f"                   parameters alone (bootstrap refits, 95%): {plan.loss_ci[0]:.3f} to "
+                     f"{plan.loss_ci[1]:.3f}")
+    if plan.distance is not None:
+        reach = (f"; the backtests predicted up to {10 ** plan.backtest_reach:.3g}x beyond their fits"
+                 + (", so this interval's width is extrapolated"
+                    if plan.distance > plan.backtest_reach and plan.loss_interval is not None else "")
+                 if plan.backtest_reach is not None else "")
+        lines.append(f"  distance         {10 ** plan.distance:.3g}x beyond the law's runs (in N, D or C, whichever "
+                     f"is farthest){reach}")
     lines.append(f"  compute-optimal  at this C: N = {plan.optimal_N:.3e}, D = {plan.optimal_D:.3e}, "
                  f"loss {plan.optimal_loss:.4f}")
     excess = plan.C / plan.optimal_compute_for_same_loss
@@ -393,7 +453,8 @@ def plan_text(plan: Plan) -> str:
                      f"compute-optimal model reaches the same loss with {1 / excess:.1%} of the compute")
     lines.append(f"  hyperparameters  peak LR {plan.lr:.3g}, batch {plan.batch_tokens:.3g} tokens "
                  f"({plan.batch_tokens / a.seq_len:,.0f} sequences of {a.seq_len})")
-    cost = f" = {_money(plan.cost)}" if plan.cost is not None else ""
+    cost = (f" = {_money(plan.cost)} at ${plan.price_per_gpu_hour:,.2f} per {gpu}-hour" if plan.cost is not None
+            else f" (no default price for {plan.gpu}: give --price-per-gpu-hour)")
     lines.append(f"  cost             {plan.gpu_hours:,.0f} {gpu}-hours at MFU {plan.mfu:.0%} "
                  f"(peak {gpu_peak_flops(plan.gpu) / 1e12:.0f} TFLOP/s){cost}")
     lines.append(f"  time             {plan.days:,.1f} days on {plan.gpus:,} {gpu}s; "
@@ -452,6 +513,8 @@ def plan_text(plan: Plan) -> str:
     lines.append("  sources          loss: " + plan.law_source)
     lines.append("                   LR and batch: " + plan.hparams_source)
     lines.append("                   GPU-hours: C / (peak x MFU), " + PEAK_SOURCE)
+    if plan.price_source is not None:
+        lines.append(f"                   price: {plan.price_source}")
     if plan.corpus is not None:
         lines.append(f"                   tokens of {plan.corpus_name or 'the corpus'}: {plan.corpus.source}")
     if plan.downstream is not None:
